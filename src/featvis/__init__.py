@@ -1,0 +1,39 @@
+"""featvis: see what a pretrained image classifier sees, how easily it is fooled, and what it has learned.
+
+Example:
+    >>> import featvis as fv
+    >>> clf = fv.load_model()                      # EfficientNet-Lite0, shipped ImageNet weights
+    >>> x = fv.load_image("cat.jpg", clf)          # [1, 3, 224, 224] in [0, 1]
+    >>> clf.predict(x, k=5)
+"""
+
+from featvis import samples
+from featvis._alloc import tune_allocator
+from featvis.errors import FeatvisError
+from featvis.images import load_image, load_images, quantize, save_image
+from featvis.layers import capture, default_layer, find_layer, forward_until, list_layers
+from featvis.models import Classifier, Labels, Prediction, available_models, imagenet_labels, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Classifier",
+    "FeatvisError",
+    "Labels",
+    "Prediction",
+    "__version__",
+    "available_models",
+    "capture",
+    "default_layer",
+    "find_layer",
+    "forward_until",
+    "imagenet_labels",
+    "list_layers",
+    "load_image",
+    "load_images",
+    "load_model",
+    "quantize",
+    "samples",
+    "save_image",
+    "tune_allocator",
+]

@@ -1,0 +1,79 @@
+"""Tiny models with known answers, for exact tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyConvNet(nn.Module):
+    """conv1 → ReLU(inplace) → conv2 → ReLU(inplace, the *same* module again) → pool → fc.
+
+    The in-place ReLU and the reused activation module are the two cases that break module backward hooks.
+    """
+
+    def __init__(self, classes: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, stride=2)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.calls = {"conv1": 0, "conv2": 0, "fc": 0}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls["conv1"] += 1
+        x = self.act(self.conv1(x))
+        self.calls["conv2"] += 1
+        x = self.act(self.conv2(x))
+        self.calls["fc"] += 1
+        return self.fc(self.pool(x).flatten(1))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding + CLS token + one transformer layer: token outputs [B, 1 + HW, C]."""
+
+    def __init__(self, classes: int = 5, patch: int = 8, dim: int = 16, size: int = 32) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.1)
+        self.block = nn.TransformerEncoderLayer(dim, 2, dim * 2, dropout=0.0, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1)
+        t = self.norm(self.block(t))
+        return self.head(t[:, 0])
+
+
+class LinearNet(nn.Module):
+    """logits = W · flatten(x): saliency and gradients are known exactly."""
+
+    def __init__(self, classes: int = 3, size: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(3 * size * size, classes, bias=True)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=g))
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+class PickledNet(nn.Module):
+    """A module saved whole with torch.save (needs full unpickling to load)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean((2, 3)))

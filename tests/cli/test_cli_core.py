@@ -1,0 +1,95 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import featvis as fv
+from featvis.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"featvis {fv.__version__}"
+
+
+def test_classify_bundled_photos_json(capsys):
+    paths = [str(fv.samples.path(n)) for n in ("chelsea", "coffee", "grace_hopper")]
+    code, out, _ = run(capsys, "classify", *paths, "--json", "-k", "3", "--device", "cpu")
+    assert code == 0
+    results = {os.path.basename(r["image"]): r["predictions"] for r in json.loads(out)["results"]}
+    assert 281 <= results["chelsea.jpg"][0]["index"] <= 285
+    assert results["coffee.jpg"][0]["index"] == 967
+    assert results["grace_hopper.jpg"][0]["index"] == 652
+    assert len(results["coffee.jpg"]) == 3
+
+
+def test_layers_and_models_json(capsys):
+    code, out, _ = run(capsys, "layers", "--filter", "blocks.15", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["default_layer"] == "_bn1"
+    assert {"name": "_blocks.15", "type": "MBConvBlock", "shape": [320, 7, 7], "calls": 1}.items() <= \
+        next(layer for layer in data["layers"] if layer["name"] == "_blocks.15").items()
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0 and any(m["name"] == "efficientnet-lite0" and m["installed"] for m in json.loads(out))
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["classify", "/no/such.jpg"], "does not exist"),
+    (["classify", "CHELSEA", "--model", "efficientnet-lite7"], "unknown model 'efficientnet-lite7'"),
+    (["layers", "--model", "resnet"], "unknown model 'resnet'"),
+    (["classify", "CHELSEA", "--device", "cuda:0"], "CUDA is not available|unknown device"),
+])
+def test_errors_are_one_line(capsys, argv, match):
+    argv = [str(fv.samples.path("chelsea")) if a == "CHELSEA" else a for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert __import__("re").search(match, err), err
+
+
+def test_bad_file_in_batch_is_skipped_not_fatal(capsys, tmp_path):
+    shutil.copy(fv.samples.path("coffee"), tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes(b"garbage")
+    code, out, _ = run(capsys, "classify", str(tmp_path), "--json")
+    data = json.loads(out)
+    assert code == 1 and data["results"][0]["predictions"][0]["index"] == 967
+    assert data["failed"][0]["image"].endswith("b.jpg") and "not an image" in data["failed"][0]["error"]
+
+
+def test_interrupted_batch_resumes_without_redoing(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(48):
+        shutil.copy(fv.samples.path(fv.samples.names()[i % 6]), src / f"img{i:02d}.jpg")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "featvis.cli", "classify", str(src), "-o", str(out), "--json", "--batch-size", "2",
+           "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    items = out / "items"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not items.exists() or len(list(items.glob("*.json"))) < 4):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"rerun the same command to resume" in err
+    done = {p.name: p.stat().st_mtime_ns for p in items.glob("*.json")}
+    assert 4 <= len(done) < 48, len(done)
+    assert not list(items.glob("*.tmp")) and not list(items.glob(".*"))
+    result = subprocess.run(cmd, capture_output=True, timeout=120, check=True)
+    data = json.loads(result.stdout)
+    assert data["skipped"] == len(done) and len(data["results"]) == 48
+    for name, mtime in done.items():  # finished items were not redone
+        assert (items / name).stat().st_mtime_ns == mtime
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["skipped"] == len(done)

@@ -1,0 +1,146 @@
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import featvis as fv
+from featvis.layers import capture, find_layer, forward_until, list_layers, to_spatial
+
+from _models import TinyConvNet, TinyViT
+
+
+def _reference(net, x, c):
+    """Manual forward of TinyConvNet keeping the pre-activation tensors as leaves of their own."""
+    z1 = net.conv1(x)
+    z1_ = z1.detach().requires_grad_(True)
+    z2 = net.conv2(F.relu(z1_))
+    z2_ = z2.detach().requires_grad_(True)
+    a2 = F.relu(z2_)
+    logit = net.fc(a2.mean((2, 3)))[:, c].sum()
+    g2, = torch.autograd.grad(logit, z2_)
+    g1, = torch.autograd.grad(z2, z1_, grad_outputs=g2)
+    return z1.detach(), z2.detach(), a2.detach(), g1, g2
+
+
+def _hooks(net):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
+
+
+def test_capture_with_inplace_and_reused_relu():
+    net = TinyConvNet().eval()
+    clf = fv.Classifier.wrap(net, mean=(0, 0, 0), std=(1, 1, 1), labels=list("abcd"), input_size=16)
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    with capture(clf, ["conv1", "conv2", "act"], grads=True) as cap:
+        clf(x)[:, 1].sum().backward()
+    z1, z2, a2, g1, g2 = _reference(net, x.detach(), 1)
+    torch.testing.assert_close(cap.act("conv1"), z1)  # not overwritten by the in-place ReLU after it
+    torch.testing.assert_close(cap.act("conv2"), z2)
+    torch.testing.assert_close(cap.grad("conv1"), g1)
+    torch.testing.assert_close(cap.grad("conv2"), g2)
+    assert len(cap.calls["act"]) == 2  # the reused module: both calls recorded, the last one by default
+    torch.testing.assert_close(cap.act("act"), a2)
+    assert _hooks(net) == 0
+
+
+def test_forward_until_stops_early_and_matches_full_forward():
+    net = TinyConvNet().eval()
+    x = torch.rand(3, 3, 16, 16)
+    with capture(net, "conv1", detach=True) as cap:
+        net(x)
+    before = dict(net.calls)
+    act = forward_until(net, x, "conv1")
+    torch.testing.assert_close(act, cap.act("conv1"))
+    assert net.calls["conv1"] == before["conv1"] + 1
+    assert net.calls["conv2"] == before["conv2"] and net.calls["fc"] == before["fc"]  # later layers never ran
+    both = forward_until(net, x, ["conv1", "conv2"])
+    assert set(both) == {"conv1", "conv2"} and net.calls["fc"] == before["fc"]
+    assert _hooks(net) == 0
+
+
+def test_forward_until_on_real_model_matches_capture(clf, photos):
+    x = photos["chelsea"]
+    with torch.no_grad(), capture(clf, "blocks.5", detach=True) as cap:
+        clf(x)
+    with torch.no_grad():
+        early = forward_until(clf, x, "blocks.5")
+    torch.testing.assert_close(early, cap.act())
+    assert early.shape == (1, 80, 14, 14) and len(cap.calls["_blocks.5"]) == 1
+
+
+def test_real_model_gradient_at_head_is_exact(clf, photos):
+    x = photos["coffee"].clone().requires_grad_(True)
+    c = 967
+    with capture(clf, "_bn1", grads=True) as cap:
+        logits = clf(x)
+        torch.autograd.grad(logits[0, c], x)
+    bn1 = cap.act()
+    h, w = bn1.shape[-2:]
+    weight = clf.net._fc.weight[c].view(1, -1, 1, 1) / (h * w)
+    expected = weight * ((bn1 > 0) & (bn1 < 6)).float()  # ReLU6 passes gradient strictly inside (0, 6)
+    torch.testing.assert_close(cap.grad(), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_no_hooks_or_memory_left_after_many_calls():
+    net = TinyConvNet().eval()
+    x = torch.rand(4, 3, 16, 16)
+
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    def once():
+        xi = x.clone().requires_grad_(True)
+        with capture(net, ["conv1", "act"], grads=True) as cap:
+            net(xi)[:, 0].sum().backward()
+        return cap.grad("conv1").sum().item()
+
+    once()
+    baseline = live_tensors()
+    for _ in range(100):
+        once()
+        forward_until(net, x, "conv2")
+    assert _hooks(net) == 0
+    assert live_tensors() <= baseline
+
+
+def test_hooks_removed_after_exception():
+    net = TinyConvNet()
+    with pytest.raises(ZeroDivisionError), capture(net, ["conv1", "conv2"], grads=True):
+        net(torch.rand(1, 3, 16, 16))
+        _ = 1 / 0
+    assert _hooks(net) == 0
+    with pytest.raises(fv.FeatvisError):
+        forward_until(net, torch.rand(1, 3, 16, 16), "nope")
+    assert _hooks(net) == 0
+
+
+def test_vit_tokens_become_feature_maps():
+    vit = TinyViT(size=32)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    with capture(vit, "block", grads=True) as cap:
+        vit(x)[:, 0].sum().backward()
+    assert cap.act().shape == (2, 16, 4, 4) and cap.grad().shape == (2, 16, 4, 4)
+    tokens = cap.calls["block"][-1]
+    torch.testing.assert_close(cap.act()[:, :, 1, 2], tokens[:, 1 + 1 * 4 + 2])  # CLS dropped, row-major grid
+    assert forward_until(vit, x, "norm").shape == (2, 16, 4, 4)
+    assert to_spatial(torch.zeros(1, 16, 7)).shape == (1, 7, 4, 4)  # no CLS token
+    assert fv.default_layer(vit) in {"norm", "block"}
+
+
+def test_find_layer_names_and_errors(clf):
+    assert find_layer(clf, "blocks.3")[0] == "_blocks.3"
+    assert find_layer(clf, "_blocks.3.bn1")[0] == "_blocks.3._bn1"
+    with pytest.raises(fv.FeatvisError, match=r"unknown layer 'blocks.30'.*_blocks.3") as e:
+        find_layer(clf, "blocks.30")
+    assert "featvis layers" in str(e.value)
+
+
+def test_list_layers_and_default(clf):
+    infos = {i.name: i for i in list_layers(clf)}
+    assert infos["_conv_stem"].shape == (32, 112, 112)
+    assert infos["_blocks.15"].shape == (320, 7, 7)
+    assert infos["_swish"].calls == 2  # the stem/head ReLU6 is one module used twice
+    assert fv.default_layer(clf) == "_bn1"
+    tiny = TinyConvNet()
+    assert fv.default_layer(tiny) == "conv2"
