@@ -9,6 +9,7 @@ Example:
 
 from featvis import samples
 from featvis._alloc import tune_allocator
+from featvis.attribution import saliency
 from featvis.errors import FeatvisError
 from featvis.images import load_image, load_images, quantize, save_image
 from featvis.layers import capture, default_layer, find_layer, forward_until, list_layers
@@ -33,6 +34,7 @@ __all__ = [
     "load_images",
     "load_model",
     "quantize",
+    "saliency",
     "samples",
     "save_image",
     "tune_allocator",

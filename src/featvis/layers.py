@@ -255,3 +255,23 @@ def default_layer(model: nn.Module) -> str:
     if not spatial:
         raise FeatvisError("this model has no spatial feature layer (no [C, H, W] output); name a layer")
     return max(spatial, key=lambda i: i.order).name
+
+
+@contextlib.contextmanager
+def swapped_forward(model: nn.Module, types: tuple[type, ...], make_forward) -> Iterator[int]:
+    """Temporarily replace the forward of every submodule of the given types with `make_forward(module)`.
+
+    Used by modified-backward methods (guided backprop) so that the gradient rule applies to every call of a
+    reused activation module and ignores `inplace=True`. The original forwards are restored on exit.
+
+    Yields:
+        how many modules were swapped.
+    """
+    swapped = [m for m in root(model).modules() if isinstance(m, types)]
+    try:
+        for m in swapped:
+            m.forward = make_forward(m)
+        yield len(swapped)
+    finally:
+        for m in swapped:
+            m.__dict__.pop("forward", None)

@@ -1,0 +1,83 @@
+"""Gradient-based maps: the lab's saliency (Simonyan et al. 2013), gradient × input, guided backprop."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from featvis.attribution._base import ATTRIBUTIONS, input_gradients, prepare, reduce_channels
+from featvis.errors import FeatvisError
+from featvis.layers import swapped_forward
+
+
+@ATTRIBUTIONS.register("gradient", aliases=("saliency", "vanilla"))
+def gradient(clf, images: torch.Tensor, target=None, *, score: str = "logit", reduce: str = "max-abs",
+             batch_size: int | None = None) -> torch.Tensor:
+    """How much each pixel moves the class score: |d score / d x|, max over colour channels (the lab's map).
+
+    Simonyan, Vedaldi, Zisserman 2013, "Deep Inside Convolutional Networks" (arXiv 1312.6034).
+
+    Args:
+        score: "logit" (default), "log-prob" (the lab's loss −log p, negated) or "prob".
+        reduce: channel reduction: "max-abs" (the lab), "abs-sum", "l2", "sum" (signed) or "none" ([B, 3, H, W]).
+
+    Returns:
+        [B, H, W] (or [B, 3, H, W] with reduce="none").
+
+    Example:
+        >>> sal = gradient(clf, x, "tabby")
+    """
+    images, targets = prepare(clf, images, target)
+    return reduce_channels(input_gradients(clf, images, targets, score=score, batch_size=batch_size), reduce)
+
+
+@ATTRIBUTIONS.register("input-x-gradient", aliases=("ixg", "gradient-x-input"))
+def input_x_gradient(clf, images: torch.Tensor, target=None, *, score: str = "logit", reduce: str = "sum",
+                     batch_size: int | None = None) -> torch.Tensor:
+    """Gradient times input, a first-order Taylor attribution (Shrikumar et al. 2016). Signed by default.
+
+    Returns:
+        [B, H, W], summed over channels (reduce="none" for [B, 3, H, W]).
+    """
+    images, targets = prepare(clf, images, target)
+    grads = input_gradients(clf, images, targets, score=score, batch_size=batch_size)
+    return reduce_channels(grads * images, reduce)
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU / ReLU6 forward; backward passes only positive gradients through positive (unsaturated) units."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, upper: float | None) -> torch.Tensor:
+        out = x.clamp(min=0) if upper is None else x.clamp(0, upper)
+        ctx.save_for_backward((out > 0) if upper is None else (out > 0) & (out < upper))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad.clamp(min=0) * mask, None
+
+
+def _guided_forward(module: nn.Module):
+    upper = 6.0 if isinstance(module, nn.ReLU6) else None
+    return lambda x: _GuidedReLU.apply(x, upper)
+
+
+@ATTRIBUTIONS.register("guided-backprop", aliases=("gbp", "guided"))
+def guided_backprop(clf, images: torch.Tensor, target=None, *, score: str = "logit", reduce: str = "max-abs",
+                    batch_size: int | None = None) -> torch.Tensor:
+    """Guided backpropagation (Springenberg et al. 2015): at every ReLU, only positive gradients pass back.
+
+    Applies to `nn.ReLU` and `nn.ReLU6` modules (also reused or in-place ones); functional relus inside a
+    custom forward are not seen. Known to ignore the top layers' weights (Adebayo et al. 2018): see `sanity`.
+
+    Returns:
+        [B, H, W] (or [B, 3, H, W] with reduce="none").
+    """
+    images, targets = prepare(clf, images, target)
+    with swapped_forward(clf, (nn.ReLU, nn.ReLU6), _guided_forward) as n:
+        if n == 0:
+            raise FeatvisError("guided-backprop needs nn.ReLU/nn.ReLU6 modules and this model has none")
+        grads = input_gradients(clf, images, targets, score=score, batch_size=batch_size)
+    return reduce_channels(grads, reduce)

@@ -1,0 +1,130 @@
+"""Matplotlib figures drawn from results (never from models). Every function returns a Figure to restyle or save.
+
+Heatmaps are scaled to [0, 1] after clipping the top `OUTLIER_PCT` % (as Captum's `outlier_perc`): per image by
+default, or one shared scale across all maps (`shared_scale=True`); each figure says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from featvis.images import to_uint8
+
+OUTLIER_PCT = 1.0
+CMAP = "inferno"
+
+
+def _img(x: torch.Tensor) -> np.ndarray:
+    return to_uint8(x)
+
+
+def scale_maps(maps: Sequence[torch.Tensor], shared: bool, signed: bool = False) -> list[np.ndarray]:
+    """Maps [H, W] to arrays in [0, 1] ([-1, 1] if signed), clipping the top OUTLIER_PCT % of |values|."""
+    arrs = [m.detach().float().cpu().numpy() for m in maps]
+    tops = [np.percentile(np.abs(a), 100 - OUTLIER_PCT) or (np.abs(a).max() or 1.0) for a in arrs]
+    if shared:
+        tops = [max(tops)] * len(arrs)
+    lo = -1.0 if signed else 0.0
+    return [np.clip((a if signed else np.abs(a)) / t, lo, 1.0) for a, t in zip(arrs, tops, strict=True)]
+
+
+def overlay(image: torch.Tensor, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """The image with a heatmap in [0, 1] blended on top (RGB uint8)."""
+    colours = plt.get_cmap(CMAP)(heat)[..., :3]
+    base = _img(image).astype(np.float32) / 255
+    return (np.clip((1 - alpha) * base + alpha * colours, 0, 1) * 255).astype(np.uint8)
+
+
+def saliency_panels(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str], *, method: str = "",
+                    shared_scale: bool = False) -> plt.Figure:
+    """One row per image: image (with its class and probability) | heatmap with colour bar | overlay."""
+    scaled = scale_maps(list(maps), shared_scale)
+    n = len(scaled)
+    fig, axes = plt.subplots(n, 3, figsize=(9.6, 3.2 * n), squeeze=False, constrained_layout=True)
+    for i in range(n):
+        axes[i, 0].imshow(_img(images[i]))
+        axes[i, 0].set_title(titles[i], fontsize=9)
+        im = axes[i, 1].imshow(scaled[i], cmap=CMAP, vmin=0, vmax=1)
+        axes[i, 1].set_title(method or "saliency", fontsize=9)
+        fig.colorbar(im, ax=axes[i, 1], fraction=0.046, pad=0.02)
+        axes[i, 2].imshow(overlay(images[i], scaled[i]))
+        axes[i, 2].set_title("overlay", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"colour scale: {'shared across images' if shared_scale else 'per image'}", fontsize=8)
+    return fig
+
+
+def compare_methods(image: torch.Tensor, maps: Mapping[str, torch.Tensor], title: str, *,
+                    shared_scale: bool = False, scores: Mapping[str, str] | None = None) -> plt.Figure:
+    """One image and several methods side by side: heatmaps on top, overlays below."""
+    names = list(maps)
+    scaled = scale_maps([maps[n] for n in names], shared_scale)
+    cols = len(names) + 1
+    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.6), squeeze=False, constrained_layout=True)
+    axes[0, 0].imshow(_img(image))
+    axes[0, 0].set_title(title, fontsize=9)
+    axes[1, 0].axis("off")
+    for j, (name, heat) in enumerate(zip(names, scaled, strict=True), start=1):
+        im = axes[0, j].imshow(heat, cmap=CMAP, vmin=0, vmax=1)
+        axes[0, j].set_title(name, fontsize=9)
+        axes[1, j].imshow(overlay(image, heat))
+        if scores and name in scores:
+            axes[1, j].set_title(scores[name], fontsize=8)
+    fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.02)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(f"colour scale: {'shared across methods' if shared_scale else 'per map'}", fontsize=8)
+    return fig
+
+
+def metric_curves(curves: Mapping[str, object], index: int = 0) -> plt.Figure:
+    """Deletion and insertion curves of several methods for one image (curves: name -> (deletion, insertion))."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    for name, (dele, ins) in curves.items():
+        for ax, c in zip(axes, (dele, ins), strict=True):
+            p = c.probs[index].cpu().numpy()
+            ax.plot(np.linspace(0, 1, len(p)), p, label=f"{name} ({c.auc[index]:.3f})")
+    axes[0].set_title("deletion (lower AUC is better)", fontsize=9)
+    axes[1].set_title("insertion (higher AUC is better)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("fraction of pixels")
+        ax.set_ylabel("p(original class)")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def sanity_curves(results: Sequence[object]) -> plt.Figure:
+    """Rank correlation with the original map as blocks are randomized from the logits down, per method."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    for r in results:
+        x = np.arange(1, len(r.units) + 1)
+        tag = " (flagged)" if r.flagged else ""
+        axes[0].plot(x, r.spearman_abs.mean(1).cpu().numpy(), marker="o", ms=3, label=r.method + tag)
+        axes[1].plot(x, r.ssim.mean(1).cpu().numpy(), marker="o", ms=3, label=r.method + tag)
+    units = results[0].units
+    for ax, name in zip(axes, ("Spearman rank correlation of |map|", "SSIM"), strict=True):
+        ax.set_xticks(np.arange(1, len(units) + 1), units, rotation=70, fontsize=6)
+        ax.set_ylabel(name)
+        ax.set_xlabel("randomized down to (cascading)")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save as PNG atomically and close the figure."""
+    from featvis.runs import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
