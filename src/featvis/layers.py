@@ -234,11 +234,12 @@ def _probe(model: nn.Module, side: int) -> list[LayerInfo]:
 
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     try:
         for name, module in modules:
             handles.append(module.register_forward_hook(make_hook(name)))
         with frozen(model), torch.no_grad():
-            model(torch.full((1, 3, side, side), 0.5, device=device))
+            model(torch.full((1, 3, side, side), 0.5, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()

@@ -52,8 +52,9 @@ def _cam(kind: str):
         return _upsample(cam, tuple(images.shape[-2:]), interpolation)
 
     method.__name__ = kind.replace("+", "p")
+    weighting = "the spatial mean of its gradients" if kind == "gradcam" else "positive gradients with pixel weights α"
     method.__doc__ = f"""{"Grad-CAM" if kind == "gradcam" else "Grad-CAM++"}: a coarse class map from a feature layer,
-    weighted by {"the spatial mean of its gradients" if kind == "gradcam" else "positive gradients with pixel weights α"}.
+    weighted by {weighting}.
 
     Args:
         layer: a layer name (default: the last spatial feature layer, `featvis.default_layer`).

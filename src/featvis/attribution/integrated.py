@@ -57,14 +57,14 @@ def make_baseline(clf, images: torch.Tensor, baseline, seed: int = 0) -> torch.T
 
 @ATTRIBUTIONS.register("integrated-gradients", aliases=("ig", "integrated"))
 def integrated_gradients(clf, images: torch.Tensor, target=None, *, baseline="black", steps: int = 50,
-                         method: str = "gausslegendre", score: str = "logit", reduce: str = "sum", seed: int = 0,
+                         rule: str = "gausslegendre", score: str = "logit", reduce: str = "sum", seed: int = 0,
                          batch_size: int | None = None, return_delta: bool = False):
     """Integrated Gradients: (x − x′) · ∫₀¹ ∇F(x′ + α(x − x′)) dα, by quadrature over `steps` points.
 
     Args:
         baseline: "black" (default), "blur", "noise" (uniform, seeded), "mean" (the model's mean colour) or a tensor.
         steps: quadrature points per image; all of them go through the model in chunks of `batch_size`.
-        method: "gausslegendre" (default, as Captum) or "riemann-trapezoid".
+        rule: quadrature rule, "gausslegendre" (default, as Captum) or "riemann-trapezoid".
         reduce: channel reduction; "sum" keeps completeness (Σ map = F(x) − F(x′)); "none" for [B, 3, H, W].
         return_delta: also return the completeness error Σ attr − (F(x) − F(x′)), per image.
 
@@ -76,7 +76,7 @@ def integrated_gradients(clf, images: torch.Tensor, target=None, *, baseline="bl
     """
     images, targets = prepare(clf, images, target)
     base = make_baseline(clf, images, baseline, seed)
-    alphas, weights = quadrature(steps, method, images.device)
+    alphas, weights = quadrature(steps, rule, images.device)
     b = images.shape[0]
     diff = images - base
     total = torch.zeros_like(images)

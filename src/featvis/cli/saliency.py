@@ -71,6 +71,8 @@ def saliency(
     output: OutOpt = Path("featvis-saliency"),
     metrics: Annotated[bool, typer.Option("--metrics", help="Deletion/insertion AUC per map (RISE protocol).")] = False,
     shared_scale: Annotated[bool, typer.Option("--shared-scale", help="One colour scale across methods.")] = False,
+    metric_steps: Annotated[int | None, typer.Option(min=2, help="Deletion/insertion steps (default: the image "
+                                                     "side, RISE's protocol).")] = None,
     score: Annotated[str, typer.Option(help="logit, log-prob or prob.")] = "logit",
     batch_size: BatchOpt = 8,
     weights: WeightsOpt = None,
@@ -95,7 +97,8 @@ def saliency(
     clf = load_classifier(model, device, weights, trust_checkpoint)
     if target is not None:
         clf.labels.lookup(target)  # fail before any work
-    params = {"methods": names, "target": target, "score": score, "metrics": metrics, "shared_scale": shared_scale}
+    params = {"methods": names, "target": target, "score": score, "metrics": metrics, "shared_scale": shared_scale,
+              "metric_steps": metric_steps}
     job = Job.open(output, "saliency", {"model": model, **params}, clf=clf, overwrite=overwrite)
     keys = {item_key(f): f for f in files}
     todo = job.pending(list(keys))
@@ -121,7 +124,9 @@ def saliency(
                 with job.timed("metrics"):
                     for name in [*names, "random"]:
                         m = mx.random_maps(x) if name == "random" else maps[name]
-                        curves[name] = (mx.deletion(clf, x, m), mx.insertion(clf, x, m))
+                        pps = -(-x.shape[-1] * x.shape[-2] // metric_steps) if metric_steps else None
+                        curves[name] = (mx.deletion(clf, x, m, pixels_per_step=pps),
+                                        mx.insertion(clf, x, m, pixels_per_step=pps))
             for i, path in enumerate(good):
                 key = item_key(path)
                 t = int(targets[i])

@@ -1,0 +1,50 @@
+"""Every registered method leaves the model as it found it: no hooks, same mode, same requires_grad, no .grad."""
+
+import pytest
+import torch
+
+import featvis as fv
+from featvis.attribution import ATTRIBUTIONS
+
+from _models import TinyConvNet
+
+FAST = {"smoothgrad": {"samples": 2}, "smoothgrad-sq": {"samples": 2}, "vargrad": {"samples": 2},
+        "integrated-gradients": {"steps": 4}, "occlusion": {"window": 8, "stride": 8}}
+
+
+def _state(net):
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
+    swapped = sum("forward" in m.__dict__ for m in net.modules())
+    return hooks, swapped, [m.training for m in net.modules()], [p.requires_grad for p in net.parameters()], \
+        [p.grad is None for p in net.parameters()]
+
+
+@pytest.mark.parametrize("name", ATTRIBUTIONS.names())
+def test_method_leaves_no_trace(name):
+    net = TinyConvNet().train()
+    net.conv1.weight.requires_grad_(False)
+    clf = fv.Classifier.wrap(net, labels=list("abcd"), input_size=32)
+    clf.train()
+    before = _state(net)
+    x = torch.rand(2, 3, 32, 32)
+    maps = ATTRIBUTIONS.get(name)(clf, x, [0, 1], **FAST.get(name, {}))
+    assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all() and maps.abs().sum() > 0
+    assert _state(net) == before
+    assert not x.requires_grad and x.grad is None
+
+
+@pytest.mark.parametrize("name", ATTRIBUTIONS.names())
+def test_method_cleans_up_after_an_exception(name, monkeypatch):
+    net = TinyConvNet().eval()
+    clf = fv.Classifier.wrap(net, labels=list("abcd"), input_size=32)
+    fv.list_layers(clf)  # probe before the failure is armed
+
+    def boom(_x):
+        raise RuntimeError("model failed")
+
+    before = _state(net)
+    monkeypatch.setattr(net.fc, "forward", boom)
+    with pytest.raises(RuntimeError, match="model failed"):
+        ATTRIBUTIONS.get(name)(clf, torch.rand(1, 3, 32, 32), 0, **FAST.get(name, {}))
+    monkeypatch.undo()
+    assert _state(net) == before
