@@ -99,12 +99,14 @@ class Capture:
 
 @contextlib.contextmanager
 def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = False,
-            detach: bool = False) -> Iterator[Capture]:
+            detach: bool = False, as_leaf: bool = False) -> Iterator[Capture]:
     """Record the outputs (and, with `grads`, the output gradients) of named layers while the block runs.
 
     Downstream layers receive a clone of each captured output, so an in-place op after the layer (ReLU(inplace))
     cannot overwrite what was captured. Hooks are removed on exit, also after an exception: run the backward
-    pass inside the block.
+    pass inside the block. With `as_leaf`, each captured output is replaced by a detached copy that requires grad:
+    differentiate with respect to it, and run the model on inputs that don't require grad, so that no graph is
+    recorded before the layer.
 
     Example:
         >>> with capture(clf, "blocks.10", grads=True) as cap:
@@ -125,6 +127,11 @@ def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = Fals
             if detach:
                 cap.calls[name].append(out.detach().clone())
                 return None
+            if as_leaf:
+                leaf = out.detach().clone().requires_grad_(True)
+                cap.calls[name].append(leaf)
+                onward = leaf.clone()  # downstream in-place ops must not touch the leaf itself
+                return onward if isinstance(output, torch.Tensor) else (onward, *output[1:])
             cap.calls[name].append(out)
             if grads and out.requires_grad:
                 handles.append(out.register_hook(cap.grad_calls[name].append))

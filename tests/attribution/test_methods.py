@@ -157,7 +157,7 @@ def test_guided_backprop_on_real_model_matches_reference(clf, photos):
             return _Guided.apply(x)
 
     ref_clf = copy.deepcopy(clf)
-    for name, m in list(ref_clf.net.named_modules()):
+    for m in list(ref_clf.net.modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, nn.ReLU6):
                 setattr(m, child_name, GuidedReLU6())

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
-from featvis.layers import capture, default_layer, find_layer
+from featvis.layers import capture, default_layer, find_layer, to_spatial
 from featvis.models.classifier import frozen
 
 
@@ -19,12 +19,14 @@ def layer_maps(clf, images: torch.Tensor, targets: torch.Tensor, layer: str, sco
     chunk = batch_size or default_chunk(clf, images)
     with frozen(clf):
         for start in range(0, images.shape[0], chunk):
-            x = images[start:start + chunk].detach().requires_grad_(True)
-            with capture(clf, layer, grads=True) as cap:
+            x = images[start:start + chunk].detach()
+            with torch.enable_grad(), capture(clf, layer, as_leaf=True) as cap:  # no graph before the layer
                 s = fn(clf(x), targets[start:start + chunk])
-                torch.autograd.grad(s.sum(), x)  # fills cap's gradient through the tensor hook
-            acts.append(cap.act().detach())
-            grads.append(cap.grad())
+            act = cap.calls[layer][-1]
+            # Differentiate to the layer only: the backward pass stops there instead of running to the pixels.
+            grad = torch.autograd.grad(s.sum(), act)[0]
+            acts.append(to_spatial(act.detach()))
+            grads.append(to_spatial(grad))
     return torch.cat(acts), torch.cat(grads)
 
 
