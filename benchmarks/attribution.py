@@ -13,10 +13,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import floor_step, machine, median_time, save
-
 import featvis as fv
 from featvis.attribution import saliency
+
+from _common import floor_step, machine, median_time, save
 
 # featvis method -> (its options, Captum equivalent or None)
 SMOOTH_N, IG_STEPS = 10, 16
@@ -68,18 +68,20 @@ def main() -> None:
             p.requires_grad_(True)  # leave the model as users have it
         for name in fv.attribution.methods():
             opts = OPTIONS.get(name, {})
-            t = median_time(lambda name=name, opts=opts: saliency(clf, x, targets, method=name, **opts),
+            t = median_time(lambda name=name, opts=opts, x=x, targets=targets: saliency(clf, x, targets, method=name, **opts),
                             repeats=reps, warmup=1) / b
             row = {"method": name, "batch": b, "featvis_ips": 1 / t, "ratio_to_floor": t / floor}
             if name in peers:
-                tc = median_time(lambda name=name: peers[name](x, targets), repeats=reps, warmup=1) / b
+                tc = median_time(lambda name=name, x=x, targets=targets: peers[name](x, targets), repeats=reps, warmup=1) / b
                 row.update(captum_ips=1 / tc, featvis_speedup=tc / t)
             rows.append(row)
             print(f"b={b} {name:22s} featvis {1 / t:7.2f} img/s  {t / floor:5.2f}x floor"
                   + (f"   captum {row['captum_ips']:7.2f} img/s  speed-up {row['featvis_speedup']:4.2f}x"
                      if "captum_ips" in row else ""), flush=True)
         rows.append({"method": "floor", "batch": b, "ms_per_image": floor * 1e3})
-    print(f"saved {save('attribution', {'machine': machine(), 'model': clf.id, 'captum': have_captum, 'smoothgrad_samples': SMOOTH_N, 'ig_steps': IG_STEPS, 'rows': rows})}")
+    data = {"machine": machine(), "model": clf.id, "captum": have_captum, "smoothgrad_samples": SMOOTH_N,
+            "ig_steps": IG_STEPS, "rows": rows}
+    print(f"saved {save('attribution', data)}")
 
 
 if __name__ == "__main__":

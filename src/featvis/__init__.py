@@ -9,6 +9,7 @@ Example:
 
 from featvis import samples
 from featvis._alloc import tune_allocator
+from featvis.adversarial import FoolingResult, fool
 from featvis.attribution import saliency
 from featvis.errors import FeatvisError
 from featvis.images import load_image, load_images, quantize, save_image
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Classifier",
     "FeatvisError",
+    "FoolingResult",
     "Labels",
     "Prediction",
     "__version__",
@@ -27,6 +29,7 @@ __all__ = [
     "capture",
     "default_layer",
     "find_layer",
+    "fool",
     "forward_until",
     "imagenet_labels",
     "list_layers",

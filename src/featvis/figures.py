@@ -128,3 +128,31 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
         fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return Path(path)
+
+
+def fooling_panels(result, max_rows: int = 8) -> plt.Figure:
+    """The lab's panels, one row per image: original | fooled | difference | difference ×10.
+
+    Differences are shown around mid-grey (0.5 + Δ), as the lab does; ×10 magnifies the same Δ.
+    """
+    n = min(result.images.shape[0], max_rows)
+    fig, axes = plt.subplots(n, 4, figsize=(11, 2.9 * n), squeeze=False, constrained_layout=True)
+    rows = result.records()
+    for i in range(n):
+        r = rows[i]
+        delta = result.images[i] - result.original[i]
+        axes[i, 0].imshow(_img(result.original[i]))
+        axes[i, 0].set_title(f"{r['original_name']}\np={r['original_prob_before']:.3f}", fontsize=9)
+        axes[i, 1].imshow(_img(result.images[i]))
+        shown = r["target_name"] if r["target"] is not None else r["predicted_name"]
+        p = r["target_prob_after"] if r["target"] is not None else None
+        verdict = "fooled" if r["success"] else "not fooled"
+        axes[i, 1].set_title(f"{shown}{f' p={p:.3f}' if p is not None else ''}\n{verdict}, {r['steps']} steps",
+                             fontsize=9)
+        axes[i, 2].imshow(_img((0.5 + delta).clamp(0, 1)))
+        axes[i, 2].set_title(f"difference\nL∞ {r['linf_255']}/255, L2 {r['l2']:.2f}", fontsize=9)
+        axes[i, 3].imshow(_img((0.5 + 10 * delta).clamp(0, 1)))
+        axes[i, 3].set_title(f"difference ×10\nPSNR {r['psnr_db']:.1f} dB", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig

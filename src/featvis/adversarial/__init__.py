@@ -1,0 +1,51 @@
+"""Fooling images: change an image imperceptibly until the model calls it something else.
+
+Every attack has one call shape, `attack(clf, images, target, **options) -> FoolingResult`:
+
+- `clf`: a `featvis.Classifier`; `images`: [B, 3, H, W] in [0, 1].
+- `target`: a class (index or name), one per image, "random" (seeded, never the predicted class), or None for
+  an untargeted attack (make the model change its mind).
+
+Success is always judged on the 8-bit image a user keeps (`FoolingResult.images`). Attacks are registered by
+name (`ATTACKS.names()`); `fool(clf, images, target, method=NAME)` calls one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from featvis.adversarial import ascent, cw, pgd  # noqa: F401 (registers)
+from featvis.adversarial._base import ATTACKS
+from featvis.adversarial.result import FoolingResult
+
+
+def fool(clf, images: torch.Tensor, target="random", *, method: str = "ascent", check_model=None,
+         **options) -> FoolingResult:
+    """Fooling images by any registered attack (default: the lab's normalized gradient ascent).
+
+    Args:
+        check_model: a second Classifier; its predictions on the fooled images are recorded (transfer).
+
+    Example:
+        >>> res = fool(clf, x, "stingray")
+        >>> res.success, res.steps, res.linf * 255
+    """
+    result = ATTACKS.get(method)(clf, images, target, **options)
+    return with_transfer(result, check_model) if check_model is not None else result
+
+
+def with_transfer(result: FoolingResult, other) -> FoolingResult:
+    """Record how a second model classifies the fooled images (resized to its input size)."""
+    from dataclasses import replace
+
+    from featvis.images import resize
+    from featvis.models.classifier import frozen
+
+    x = resize(result.images.to(other.device), other.input_size, other.preprocess.crop_fraction)
+    with torch.no_grad(), frozen(other):
+        pred = other(x).argmax(-1).to(result.images.device)
+    ok = pred == result.targets if result.targets is not None else pred != result.original_classes
+    return replace(result, transfer={"model": other.id, "predicted": pred, "success": ok})
+
+
+__all__ = ["ATTACKS", "FoolingResult", "fool", "with_transfer"]

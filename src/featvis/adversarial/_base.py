@@ -1,0 +1,104 @@
+"""What every attack shares: targets, objectives, and the batched step loop that stops each image as soon as
+its 8-bit version fools the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from featvis._registry import Registry
+from featvis.errors import FeatvisError
+from featvis.images import check_images, quantize
+from featvis.models.classifier import frozen
+
+ATTACKS: Registry[Callable] = Registry("attack")
+
+
+def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0
+                           ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(targets [B] or None for untargeted, the model's original predictions [B]).
+
+    `target`: a class (index or name), one per image, "random" (seeded; never the predicted class), or None.
+    """
+    with torch.no_grad(), frozen(clf):
+        original = clf(images).argmax(-1)
+    b = images.shape[0]
+    if target is None:
+        return None, original
+    if isinstance(target, str) and target.strip().lower() == "random":
+        gen = torch.Generator().manual_seed(seed)
+        k = len(clf.labels)
+        picks = torch.randint(0, k - 1, (b,), generator=gen).to(original.device)
+        return picks + (picks >= original).long(), original  # skip the predicted class
+    if isinstance(target, torch.Tensor):
+        target = target.flatten().tolist()
+    if isinstance(target, (str, int)) or hasattr(target, "__index__"):
+        target = [target] * b
+    if not isinstance(target, Sequence) or len(target) != b:
+        raise FeatvisError(f"target has {len(target) if isinstance(target, Sequence) else 'no'} entries for {b} "
+                           "images; give one class, one per image, 'random', or None (untargeted)")
+    return torch.tensor([clf.labels.lookup(t) for t in target], device=images.device), original
+
+
+def fooled(predicted: torch.Tensor, targets: torch.Tensor | None, original: torch.Tensor) -> torch.Tensor:
+    return predicted == targets if targets is not None else predicted != original
+
+
+def objective(kind: str, logits: torch.Tensor, targets: torch.Tensor | None, original: torch.Tensor) -> torch.Tensor:
+    """Per-image value the attack *increases*: "logit" (the lab: the target's score, or minus the original's)
+    or "ce" (minus cross-entropy to the target, or cross-entropy to the original when untargeted)."""
+    if kind == "logit":
+        if targets is None:
+            return -logits.gather(1, original[:, None])[:, 0]
+        return logits.gather(1, targets[:, None])[:, 0]
+    if kind == "ce":
+        if targets is None:
+            return F.cross_entropy(logits, original, reduction="none")
+        return -F.cross_entropy(logits, targets, reduction="none")
+    raise FeatvisError(f"unknown attack objective {kind!r}; use 'logit' or 'ce'")
+
+
+def per_image(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * 3))
+
+
+def prepare(clf, images: torch.Tensor) -> torch.Tensor:
+    return check_images(images).to(clf.device).detach()
+
+
+def step_loop(clf, original: torch.Tensor, targets: torch.Tensor | None, original_classes: torch.Tensor, *,
+              start: torch.Tensor, step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+              max_steps: int, loss: str, early_stop: bool = True, straight_through: bool = True,
+              callback: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Iterate `x ← step(x, grad, original)` on a batch; returns (raw adversarial [B, 3, H, W], steps [B]).
+
+    With `straight_through` (default) the model always sees the 8-bit version of the current image and the
+    gradient taken there updates the float image: one forward+backward per step also tells whether the image
+    the user will keep fools the model. With `early_stop` an image leaves the batch as soon as it does, so it
+    stops changing and the rest run faster. Both off gives the textbook iteration (gradient at the float point,
+    fixed step count), which is what the cross-checks against Captum use.
+    """
+    x = start.clone()
+    steps = torch.full((x.shape[0],), max_steps, dtype=torch.long, device=x.device)
+    active = torch.arange(x.shape[0], device=x.device)
+    with frozen(clf):
+        for k in range(max_steps + 1):
+            inp = (quantize(x[active]) if straight_through else x[active]).requires_grad_(True)
+            logits = clf(inp)
+            t = targets[active] if targets is not None else None
+            ok = fooled(logits.argmax(-1), t, original_classes[active]) if early_stop else \
+                torch.zeros(len(active), dtype=torch.bool, device=x.device)
+            steps[active[ok]] = k
+            if k == max_steps or bool(ok.all()):
+                break
+            grad = torch.autograd.grad(objective(loss, logits, t, original_classes[active]).sum(), inp)[0]
+            keep = ~ok
+            rest = active[keep]
+            with torch.no_grad():
+                x[rest] = step(x[rest], grad[keep], original[rest])
+            active = rest
+            if callback is not None:
+                callback(k + 1, len(active))
+    return x, steps

@@ -1,0 +1,97 @@
+"""FGSM (Goodfellow, Shlens, Szegedy 2014) and PGD with L∞ or L2 budgets (Madry et al. 2017), in [0, 1]
+pixel space, targeted or untargeted, each image stopping when its 8-bit version fools the model."""
+
+from __future__ import annotations
+
+import torch
+
+from featvis.adversarial._base import ATTACKS, per_image, prepare, resolve_attack_targets, step_loop
+from featvis.adversarial.result import FoolingResult, finish
+from featvis.errors import FeatvisError
+
+EPS_LINF = 8 / 255  # the common ImageNet/CIFAR budget (torchattacks, RobustBench)
+EPS_L2 = 1.0
+
+
+def project(x: torch.Tensor, original: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Back into the ε-ball around the original, then into [0, 1]."""
+    delta = x - original
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * per_image((eps / n).clamp(max=1.0))
+    return (original + delta).clamp(0, 1)
+
+
+def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    return grad / per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
+
+
+def _check_norm(norm: str) -> str:
+    norm = norm.lower().replace("-", "")
+    if norm not in ("linf", "l2"):
+        raise FeatvisError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
+    return norm
+
+
+@ATTACKS.register("fgsm")
+def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm: str = "linf", seed: int = 0,
+         straight_through: bool = False) -> FoolingResult:
+    """Fast Gradient Sign Method: one step of size ε along sign(∇ loss) (norm="l2": along ∇/‖∇‖, FGM).
+
+    Untargeted (target=None) it increases the cross-entropy of the predicted class; targeted it decreases the
+    cross-entropy of the target.
+
+    Args:
+        eps: step size = budget, in [0, 1] pixel units (8/255 by default).
+        norm: "linf" (FGSM) or "l2" (FGM).
+    """
+    norm = _check_norm(norm)
+    x = prepare(clf, images)
+    targets, original = resolve_attack_targets(clf, x, target, seed)
+    raw, steps = step_loop(clf, x, targets, original, start=x, max_steps=1, loss="ce", early_stop=False,
+                           straight_through=straight_through,
+                           step=lambda cur, g, orig: project(cur + eps * _direction(g, norm), orig, eps, norm))
+    return finish("fgsm", clf, x, raw, targets, original, steps, {"eps": eps, "norm": norm})
+
+
+@ATTACKS.register("pgd", aliases=("bim", "ifgsm"))
+def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, norm: str = "linf",
+        alpha: float | None = None, steps: int = 20, random_start: bool = False, seed: int = 0,
+        early_stop: bool = True, straight_through: bool = True, callback=None) -> FoolingResult:
+    """Projected gradient descent: `steps` steps of size α along sign(∇) (L∞) or ∇/‖∇‖₂ (L2), each followed by
+    projection onto the ε-ball and [0, 1].
+
+    Args:
+        eps: budget in [0, 1] pixel units (default 8/255 for L∞, 1.0 for L2).
+        norm: "linf" or "l2".
+        alpha: step size (default ε/4, as the common 8/255 with α = 2/255).
+        steps: maximum iterations.
+        random_start: start from a uniform random point in the ball (seeded).
+        early_stop: stop each image once its 8-bit version fools the model (off: always run `steps`).
+        straight_through: take gradients at the 8-bit image (off: at the float image, the textbook PGD).
+    """
+    norm = _check_norm(norm)
+    eps = (EPS_LINF if norm == "linf" else EPS_L2) if eps is None else eps
+    alpha = eps / 4 if alpha is None else alpha
+    x = prepare(clf, images)
+    targets, original = resolve_attack_targets(clf, x, target, seed)
+    start = x
+    if random_start:
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        if norm == "linf":
+            noise = (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
+        else:
+            u = torch.randn(x.shape, generator=gen, device=x.device)
+            u = u / per_image(u.flatten(1).norm(dim=1))
+            r = torch.rand(x.shape[0], generator=gen, device=x.device) ** (1 / x[0].numel()) * eps
+            noise = u * per_image(r)
+        start = (x + noise).clamp(0, 1)
+    raw, taken = step_loop(clf, x, targets, original, start=start, max_steps=steps, loss="ce",
+                           early_stop=early_stop, straight_through=straight_through, callback=callback,
+                           step=lambda cur, g, orig: project(cur + alpha * _direction(g, norm), orig, eps, norm))
+    return finish("pgd", clf, x, raw, targets, original, taken,
+                  {"eps": eps, "norm": norm, "alpha": alpha, "steps": steps, "random_start": random_start})

@@ -1,0 +1,161 @@
+"""`featvis fool`: fooling images with the lab's ascent or a standard attack."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from featvis.cli._common import (
+    BatchOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    OutOpt,
+    OverwriteOpt,
+    QuietOpt,
+    TrustOpt,
+    Ui,
+    WeightsOpt,
+    app,
+    chunks,
+    load_batch,
+    load_classifier,
+    out_console,
+)
+from featvis.models import DEFAULT_MODEL
+
+CSV_FIELDS = ["image", "method", "success", "steps", "original_class", "original_name", "target", "target_name",
+              "predicted", "predicted_name", "original_prob_before", "original_prob_after", "target_prob_before",
+              "target_prob_after", "l2", "linf", "l2_255", "linf_255", "psnr_db", "reloaded_predicted",
+              "transfer_model", "transfer_predicted", "transfer_success"]
+
+
+@app.command()
+def fool(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)],
+    target: Annotated[str, typer.Option("--target", "-t", help="Class index or name, 'random', or 'none' "
+                                        "(untargeted).")] = "random",
+    method: Annotated[str, typer.Option(help="ascent (the lab), fgsm, pgd or cw.")] = "ascent",
+    eps: Annotated[float | None, typer.Option(help="Budget for fgsm/pgd in [0, 1] units (e.g. 0.0314 = 8/255).")]
+    = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Maximum steps (ascent: 100, pgd: 20, cw: per c).")]
+    = None,
+    lr: Annotated[float | None, typer.Option(help="Step length for ascent / Adam rate for cw.")] = None,
+    norm: Annotated[str, typer.Option(help="linf or l2 (fgsm, pgd).")] = "linf",
+    seed: Annotated[int, typer.Option(help="For --target random and random starts.")] = 0,
+    model: ModelOpt = DEFAULT_MODEL,
+    check_model: Annotated[str | None, typer.Option(help="A second model to test transfer on.")] = None,
+    output: OutOpt = Path("featvis-fool"),
+    batch_size: BatchOpt = 8,
+    weights: WeightsOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> int:
+    """Fool the model: write the fooled PNGs, the lab's four-panel figure, per-image CSV/JSON and a manifest."""
+    from featvis.adversarial import ATTACKS
+    from featvis.adversarial import fool as run_attack
+    from featvis.figures import fooling_panels, save_figure
+    from featvis.images import image_files, load_image, save_image
+    from featvis.runs import Job, atomic_write_json, atomic_write_text, item_key
+
+    ui = Ui(quiet=quiet, json=json)
+    name = ATTACKS.canonical(method)
+    tgt = None if target.strip().lower() == "none" else target
+    files = image_files(images)
+    clf = load_classifier(model, device, weights, trust_checkpoint)
+    if tgt is not None and tgt.strip().lower() != "random":
+        clf.labels.lookup(tgt)
+    other = load_classifier(check_model, device) if check_model else None
+    options = {"seed": seed}
+    if steps is not None:
+        options["max_steps" if name == "ascent" else "steps"] = steps
+    if lr is not None and name in ("ascent", "cw"):
+        options["lr"] = lr
+    if name in ("fgsm", "pgd"):
+        options["norm"] = norm
+        if eps is not None:
+            options["eps"] = eps
+    job = Job.open(output, "fool", {"model": model, "method": name, "target": target, "options": options,
+                                    "check_model": check_model}, clf=clf, seed=seed, overwrite=overwrite)
+    keys = {item_key(f): f for f in files}
+    todo = job.pending(list(keys))
+    if job.skipped:
+        ui.info(f"resuming: {job.skipped} of {len(keys)} images already done in {output}")
+    failed = []
+    with ui.progress(f"fool ({name})", len(todo)) as advance:
+        for batch_keys in chunks(todo, batch_size):
+            good, x, bad = load_batch([keys[k] for k in batch_keys], clf, ui)
+            failed += bad
+            if x is None:
+                continue
+            with job.timed("attack"):
+                res = run_attack(clf, x, tgt, method=name, check_model=other, **options)
+            for i, (path, rec) in enumerate(zip(good, res.records(), strict=True)):
+                key = item_key(path)
+                png = save_image(res.images[i], job.out_dir / "fooled" / f"{key}.png")
+                reloaded = load_image(png).to(clf.device)  # what the user keeps, read back
+                rec["reloaded_predicted"] = clf.predict(reloaded, k=1)[0][0].index
+                one = _slice(res, i)
+                save_figure(fooling_panels(one), job.out_dir / "figures" / f"{key}.png")
+                rec.update(image=str(path), fooled_png=f"fooled/{key}.png", figure=f"figures/{key}.png")
+                job.done(key, rec)
+            advance(len(batch_keys))
+    records = [job.record(k) for k in keys if job.is_done(k)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(job.out_dir / "results.csv", buf.getvalue())
+    summary = _summary(records)
+    atomic_write_json(job.out_dir / "results.json", {"model": clf.id, "method": name, "summary": summary,
+                                                     "results": records})
+    job.finish(images=len(keys), summary=summary)
+    ui.emit({"model": clf.id, "method": name, "summary": summary, "skipped": job.skipped, "results": records,
+             "failed": [{"image": str(p), "error": e} for p, e in failed]})
+    if not json and not quiet:
+        table = Table("image", "target", "fooled", "steps", "L∞ /255", "L2", "PSNR dB", title=f"{name} on {clf.id}")
+        for r in records:
+            table.add_row(Path(r["image"]).name, str(r["target_name"] or "(untargeted)"),
+                          "yes" if r["success"] else "no", str(r["steps"]), str(r["linf_255"]), f"{r['l2']:.3f}",
+                          f"{r['psnr_db']:.1f}")
+        out_console.print(table)
+        ui.info(f"success {summary['success_rate']:.0%}; fooled PNGs and figures in {job.out_dir}")
+    return 1 if failed else 0
+
+
+def _slice(res, i: int):
+    from dataclasses import replace
+
+    def cut(v):
+        return v[i:i + 1] if v is not None else None
+
+    return replace(res, images=cut(res.images), original=cut(res.original), targets=cut(res.targets),
+                   original_classes=cut(res.original_classes), predicted=cut(res.predicted),
+                   success=cut(res.success), steps=cut(res.steps), original_prob_before=cut(res.original_prob_before),
+                   original_prob_after=cut(res.original_prob_after), target_prob_before=cut(res.target_prob_before),
+                   target_prob_after=cut(res.target_prob_after), transfer=None)
+
+
+def _summary(records: list[dict]) -> dict:
+    import statistics
+
+    if not records:
+        return {"images": 0, "success_rate": 0.0}
+    return {"images": len(records),
+            "success_rate": sum(r["success"] for r in records) / len(records),
+            "median_steps": statistics.median(r["steps"] for r in records),
+            "median_linf_255": statistics.median(r["linf_255"] for r in records),
+            "mean_linf_255": statistics.mean(r["linf_255"] for r in records),
+            "mean_l2": statistics.mean(r["l2"] for r in records),
+            "median_psnr_db": statistics.median(r["psnr_db"] for r in records),
+            "reloaded_agrees": all(r["reloaded_predicted"] == r["predicted"] for r in records),
+            "transfer_rate": (sum(r["transfer_success"] for r in records) / len(records)
+                              if "transfer_success" in records[0] else None)}

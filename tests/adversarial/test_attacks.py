@@ -1,0 +1,152 @@
+import pytest
+import torch
+
+import featvis as fv
+from featvis.adversarial import ATTACKS, fool
+from featvis.adversarial.pgd import project
+
+from _models import LinearNet, TinyConvNet
+
+captum_robust = pytest.importorskip("captum.robust")
+
+TARGETS = {"stingray": 6, "gorilla": 366, "pizza": 963}
+
+
+@pytest.fixture(scope="module")
+def six(photos):
+    return torch.cat([photos[n] for n in fv.samples.names()])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_ascent_fools_every_photo_and_saved_pngs_still_fool(clf, six, target, tmp_path):
+    res = fool(clf, six, target, method="ascent")
+    assert res.success.all(), res.records()
+    assert (res.steps <= 100).all()
+    assert torch.equal(res.images, fv.quantize(res.images))  # already on the 8-bit grid
+    for i in range(six.shape[0]):
+        path = fv.save_image(res.images[i], tmp_path / f"{i}.png")
+        again = fv.load_image(path, clf)
+        assert clf.predict(again, k=1)[0][0].index == TARGETS[target]
+
+
+def test_ascent_step_is_the_normalized_gradient():
+    """One hand-computed step on a linear model: x1 = clamp(x0 + lr · w_t / ‖w_t‖)."""
+    net = LinearNet(classes=3, size=16)
+    clf = fv.Classifier.wrap(net, mean=(0, 0, 0), std=(1, 1, 1), labels=list("abc"), input_size=16)
+    x = fv.quantize(torch.full((1, 3, 16, 16), 0.5))
+    with torch.no_grad():
+        start = clf(x).argmax().item()
+    t = (start + 1) % 3
+    res = ATTACKS.get("ascent")(clf, x, t, lr=0.01, max_steps=1)
+    w = net.fc.weight[t].detach().view(1, 3, 16, 16)
+    expected = fv.quantize((x + 0.01 * w / w.norm()).clamp(0, 1))
+    torch.testing.assert_close(res.images, expected, atol=0, rtol=0)
+    assert res.steps.item() == 1 or res.success.item()
+
+
+def test_fgsm_matches_captum(clf, six):
+    x = six[:2]
+    eps = 4 / 255
+    res = fool(clf, x, None, method="fgsm", eps=eps)
+    orig = clf(x).argmax(-1)
+    ref = captum_robust.FGSM(clf, loss_func=lambda out, t: torch.nn.functional.cross_entropy(
+        out, t, reduction="none"), lower_bound=0, upper_bound=1).perturb(x, eps, orig)
+    # Identical except where the gradient is ~0 and its sign is decided by float rounding (Captum also skips
+    # |grad| <= 1e-6): under 0.1 % of the pixel values.
+    assert (fv.quantize(ref) != res.images).float().mean() < 1e-3
+    assert ((fv.quantize(ref) - x).abs().max() - eps).abs() < 1 / 255
+
+
+def test_pgd_step_matches_captum(clf, six):
+    """One PGD step (gradient, sign step, projection, bounds) equals Captum's. Over several steps float
+    rounding differences in near-zero gradients flip signs and the two trajectories drift apart chaotically,
+    so multi-step exactness is checked against the float64 reference below instead."""
+    x = six[:2]
+    eps, alpha = 2 / 255, 3 / 255  # alpha > eps: the projection matters
+    tgt = torch.tensor([6, 963])
+    res = fool(clf, x, tgt, method="pgd", eps=eps, alpha=alpha, steps=1, early_stop=False, straight_through=False)
+    loss = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
+    ref = captum_robust.PGD(clf, loss_func=loss, lower_bound=0, upper_bound=1).perturb(
+        x, radius=eps, step_size=alpha, step_num=1, target=tgt, targeted=True)
+    assert (fv.quantize(ref) != res.images).float().mean() < 1e-3
+
+
+def _reference_pgd(clf, x, t, eps, alpha, steps):
+    """Textbook targeted L-inf PGD, written out plainly."""
+    adv = x.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(clf(adv), t, reduction="sum")
+        g, = torch.autograd.grad(loss, adv)
+        adv = adv.detach() - alpha * g.sign()
+        adv = torch.min(torch.max(adv, x - eps), x + eps).clamp(0, 1)
+    return adv
+
+
+def test_pgd_matches_reference_over_many_steps_in_float64():
+    net = TinyConvNet(classes=4).double().eval()
+    clf = fv.Classifier.wrap(net, labels=list("abcd"), input_size=16).double()
+    x = fv.quantize(torch.rand(3, 3, 16, 16, dtype=torch.float64))
+    t = torch.tensor([1, 2, 3])
+    res = fool(clf, x, t, method="pgd", eps=6 / 255, alpha=1 / 255, steps=10, early_stop=False,
+               straight_through=False)
+    ref = _reference_pgd(clf, x, t, 6 / 255, 1 / 255, 10)
+    torch.testing.assert_close(res.images, fv.quantize(ref), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 4 / 255), ("l2", 0.5)])
+def test_pgd_stays_in_budget_and_range(clf, six, norm, eps):
+    res = fool(clf, six[:3], "random", method="pgd", eps=eps, norm=norm, steps=5, random_start=True)
+    assert res.images.min() >= 0 and res.images.max() <= 1
+    if norm == "linf":
+        assert (res.linf <= eps + 0.5 / 255 + 1e-6).all()
+    else:
+        half_lsb = 0.5 / 255 * res.images[0].numel() ** 0.5
+        assert (res.l2 <= eps + half_lsb).all()
+
+
+def test_untargeted_pgd_changes_every_prediction(clf, six):
+    res = fool(clf, six, None, method="pgd", eps=4 / 255)
+    assert res.success.all() and (res.predicted != res.original_classes).all()
+
+
+def test_project_is_exact():
+    orig = torch.zeros(1, 3, 4, 4)
+    x = torch.full((1, 3, 4, 4), 0.5)
+    assert project(x, orig, 0.1, "linf").max() == pytest.approx(0.1)
+    assert project(x, orig, 0.1, "l2").norm() == pytest.approx(0.1, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_cw_needs_less_l2_than_pgd_l2_at_equal_success(clf, six):
+    x = six[:3]
+    tgt = [6, 366, 963]
+    cw = fool(clf, x, tgt, method="cw", steps=30, search_steps=3, lr=0.01)
+    pgd = fool(clf, x, tgt, method="pgd", norm="l2", eps=2.0, steps=40)
+    assert cw.success.all() and pgd.success.all()
+    assert cw.l2.mean() < pgd.l2.mean()
+
+
+def test_random_targets_are_seeded_and_never_the_prediction(clf, six):
+    a = fool(clf, six, "random", method="fgsm", seed=3)
+    b = fool(clf, six, "random", method="fgsm", seed=3)
+    assert torch.equal(a.targets, b.targets) and (a.targets != a.original_classes).all()
+
+
+def test_transfer_and_records(clf, six):
+    res = fool(clf, six[:2], "stingray", method="ascent", check_model=clf)
+    rows = res.records()
+    assert rows[0]["transfer_model"] == clf.id
+    assert rows[0]["transfer_success"] == rows[0]["success"]
+    assert rows[0]["linf_255"] == round(rows[0]["linf"] * 255)
+    assert rows[0]["target_name"] == "stingray" and rows[0]["psnr_db"] > 30
+
+
+def test_bad_targets(clf, six):
+    with pytest.raises(fv.FeatvisError, match="closest names"):
+        fool(clf, six[:1], "stingrey")
+    with pytest.raises(fv.FeatvisError, match="unknown attack 'pgb'.*'pgd'"):
+        fool(clf, six[:1], 6, method="pgb")
+    with pytest.raises(fv.FeatvisError, match="target has 2 entries for 1 images"):
+        fool(clf, six[:1], [1, 2])

@@ -1,0 +1,32 @@
+import csv
+import json
+
+import featvis as fv
+from featvis.cli import main
+
+
+def test_fool_command_writes_pngs_that_still_fool(capsys, tmp_path, clf):
+    imgs = [str(fv.samples.path(n)) for n in ("chelsea", "coffee")]
+    code = main(["fool", *imgs, "--target", "stingray", "-o", str(tmp_path), "--json", "--device", "cpu"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["summary"]["success_rate"] == 1.0 and out["summary"]["reloaded_agrees"]
+    for rec in out["results"]:
+        png = fv.load_image(tmp_path / rec["fooled_png"], clf)
+        assert clf.predict(png, k=1)[0][0].index == 6 == rec["predicted"]
+        assert (tmp_path / rec["figure"]).exists()
+    rows = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert len(rows) == 2 and rows[0]["target_name"] == "stingray" and rows[0]["success"] == "True"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["params"]["method"] == "ascent" and manifest["seed"] == 0
+
+
+def test_fool_pgd_untargeted_with_check_model(capsys, tmp_path):
+    img = str(fv.samples.path("coffee"))
+    code = main(["fool", img, "--target", "none", "--method", "pgd", "--eps", str(4 / 255), "--check-model",
+                 "efficientnet-lite0", "-o", str(tmp_path), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    rec = out["results"][0]
+    assert code == 0 and rec["success"] and rec["predicted"] != 967 and rec["linf_255"] <= 5
+    assert rec["transfer_success"] is True  # the same model: transfer is certain
+    code = main(["fool", img, "--target", "stingrey", "-o", str(tmp_path / "x")])
+    assert code == 2 and "closest names" in capsys.readouterr().err
