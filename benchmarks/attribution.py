@@ -68,11 +68,16 @@ def main() -> None:
             p.requires_grad_(True)  # leave the model as users have it
         for name in fv.attribution.methods():
             opts = OPTIONS.get(name, {})
-            t = median_time(lambda name=name, opts=opts, x=x, targets=targets: saliency(clf, x, targets, method=name, **opts),
-                            repeats=reps, warmup=1) / b
+            def ours(name=name, opts=opts, x=x, targets=targets):
+                return saliency(clf, x, targets, method=name, **opts)
+
+            t = median_time(ours, repeats=reps, warmup=1) / b
             row = {"method": name, "batch": b, "featvis_ips": 1 / t, "ratio_to_floor": t / floor}
             if name in peers:
-                tc = median_time(lambda name=name, x=x, targets=targets: peers[name](x, targets), repeats=reps, warmup=1) / b
+                def peer(name=name, x=x, targets=targets):
+                    return peers[name](x, targets)
+
+                tc = median_time(peer, repeats=reps, warmup=1) / b
                 row.update(captum_ips=1 / tc, featvis_speedup=tc / t)
             rows.append(row)
             print(f"b={b} {name:22s} featvis {1 / t:7.2f} img/s  {t / floor:5.2f}x floor"
