@@ -156,3 +156,30 @@ def fooling_panels(result, max_rows: int = 8) -> plt.Figure:
     for ax in axes.flat:
         ax.axis("off")
     return fig
+
+
+def render_grid(images: torch.Tensor, titles: Sequence[str], cols: int = 5) -> plt.Figure:
+    """A grid of rendered images with their titles (class/channel names and scores)."""
+    n = images.shape[0]
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False, constrained_layout=True)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.flat[i]
+        ax.imshow(_img(images[i]))
+        ax.set_title(titles[i] if i < len(titles) else "", fontsize=8)
+    return fig
+
+
+def snapshot_strip(snapshots: Mapping[int, torch.Tensor], index: int = 0) -> plt.Figure:
+    """One image's progress over the steps (the lab printed it every N iterations)."""
+    steps = sorted(snapshots)
+    fig, axes = plt.subplots(1, len(steps), figsize=(2.2 * len(steps), 2.5), squeeze=False,
+                             constrained_layout=True)
+    for ax, s in zip(axes[0], steps, strict=True):
+        ax.imshow(_img(snapshots[s][index]))
+        ax.set_title(f"step {s}", fontsize=8)
+        ax.axis("off")
+    return fig

@@ -17,21 +17,22 @@ ATTACKS: Registry[Callable] = Registry("attack")
 
 
 def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0
-                           ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(targets [B] or None for untargeted, the model's original predictions [B]).
+                           ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(targets [B] or None for untargeted, the model's original predictions [B], its probabilities [B, K]).
 
     `target`: a class (index or name), one per image, "random" (seeded; never the predicted class), or None.
     """
     with torch.no_grad(), frozen(clf):
-        original = clf(images).argmax(-1)
+        probs = clf(images).softmax(-1)
+    original = probs.argmax(-1)
     b = images.shape[0]
     if target is None:
-        return None, original
+        return None, original, probs
     if isinstance(target, str) and target.strip().lower() == "random":
         gen = torch.Generator().manual_seed(seed)
         k = len(clf.labels)
         picks = torch.randint(0, k - 1, (b,), generator=gen).to(original.device)
-        return picks + (picks >= original).long(), original  # skip the predicted class
+        return picks + (picks >= original).long(), original, probs  # skip the predicted class
     if isinstance(target, torch.Tensor):
         target = target.flatten().tolist()
     if isinstance(target, (str, int)) or hasattr(target, "__index__"):
@@ -39,7 +40,7 @@ def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0
     if not isinstance(target, Sequence) or len(target) != b:
         raise FeatvisError(f"target has {len(target) if isinstance(target, Sequence) else 'no'} entries for {b} "
                            "images; give one class, one per image, 'random', or None (untargeted)")
-    return torch.tensor([clf.labels.lookup(t) for t in target], device=images.device), original
+    return torch.tensor([clf.labels.lookup(t) for t in target], device=images.device), original, probs
 
 
 def fooled(predicted: torch.Tensor, targets: torch.Tensor | None, original: torch.Tensor) -> torch.Tensor:
@@ -85,6 +86,8 @@ def step_loop(clf, original: torch.Tensor, targets: torch.Tensor | None, origina
     active = torch.arange(x.shape[0], device=x.device)
     with frozen(clf):
         for k in range(max_steps + 1):
+            if k == max_steps and not early_stop:
+                break  # nothing left to check: `finish` evaluates the result
             inp = (quantize(x[active]) if straight_through else x[active]).requires_grad_(True)
             logits = clf(inp)
             t = targets[active] if targets is not None else None

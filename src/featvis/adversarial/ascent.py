@@ -37,7 +37,7 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, max_steps: int 
         >>> res = ascent(clf, x, "stingray"); res.success, res.steps, res.linf * 255
     """
     x = prepare(clf, images)
-    targets, original = resolve_attack_targets(clf, x, target, seed)
+    targets, original, probs = resolve_attack_targets(clf, x, target, seed)
 
     def step(cur, grad, _orig):
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -47,4 +47,5 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, max_steps: int 
         raise FeatvisError(f"unknown ascent score {score!r}; use 'logit' or 'log-prob'")
     raw, steps = step_loop(clf, x, targets, original, start=x, step=step, max_steps=max_steps,
                            loss="logit" if score == "logit" else "ce", callback=callback)
-    return finish("ascent", clf, x, raw, targets, original, steps, {"lr": lr, "max_steps": max_steps, "score": score})
+    return finish("ascent", clf, x, raw, targets, original, steps,
+                  {"lr": lr, "max_steps": max_steps, "score": score}, probs)

@@ -36,7 +36,7 @@ def cw(clf, images: torch.Tensor, target=None, *, c: float = 1.0, kappa: float =
         search_steps: how many constants to try.
     """
     x = prepare(clf, images)
-    targets, original = resolve_attack_targets(clf, x, target, seed)
+    targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     targeted = targets is not None
     cls = targets if targeted else original
     b = x.shape[0]
@@ -76,4 +76,4 @@ def cw(clf, images: torch.Tensor, target=None, *, c: float = 1.0, kappa: float =
             lo = torch.where(won, lo, torch.maximum(lo, consts))
             consts = torch.where(hi < float("inf"), (lo + hi) / 2, consts * 10)
     return finish("cw", clf, x, best, targets, original, best_step,
-                  {"c": c, "kappa": kappa, "steps": steps, "lr": lr, "search_steps": search_steps})
+                  {"c": c, "kappa": kappa, "steps": steps, "lr": lr, "search_steps": search_steps}, probs)

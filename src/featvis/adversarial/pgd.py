@@ -51,11 +51,11 @@ def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm:
     """
     norm = _check_norm(norm)
     x = prepare(clf, images)
-    targets, original = resolve_attack_targets(clf, x, target, seed)
+    targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     raw, steps = step_loop(clf, x, targets, original, start=x, max_steps=1, loss="ce", early_stop=False,
                            straight_through=straight_through,
                            step=lambda cur, g, orig: project(cur + eps * _direction(g, norm), orig, eps, norm))
-    return finish("fgsm", clf, x, raw, targets, original, steps, {"eps": eps, "norm": norm})
+    return finish("fgsm", clf, x, raw, targets, original, steps, {"eps": eps, "norm": norm}, probs)
 
 
 @ATTACKS.register("pgd", aliases=("bim", "ifgsm"))
@@ -78,7 +78,7 @@ def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, nor
     eps = (EPS_LINF if norm == "linf" else EPS_L2) if eps is None else eps
     alpha = eps / 4 if alpha is None else alpha
     x = prepare(clf, images)
-    targets, original = resolve_attack_targets(clf, x, target, seed)
+    targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     start = x
     if random_start:
         gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -94,4 +94,4 @@ def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, nor
                            early_stop=early_stop, straight_through=straight_through, callback=callback,
                            step=lambda cur, g, orig: project(cur + alpha * _direction(g, norm), orig, eps, norm))
     return finish("pgd", clf, x, raw, targets, original, taken,
-                  {"eps": eps, "norm": norm, "alpha": alpha, "steps": steps, "random_start": random_start})
+                  {"eps": eps, "norm": norm, "alpha": alpha, "steps": steps, "random_start": random_start}, probs)

@@ -104,11 +104,14 @@ class FoolingResult:
 
 
 def finish(method: str, clf, original: torch.Tensor, raw: torch.Tensor, targets: torch.Tensor | None,
-           original_classes: torch.Tensor, steps: torch.Tensor, params: dict) -> FoolingResult:
-    """Quantize the adversarial images and measure everything on what the user will keep."""
+           original_classes: torch.Tensor, steps: torch.Tensor, params: dict, p_orig: torch.Tensor
+           ) -> FoolingResult:
+    """Quantize the adversarial images and measure everything on what the user will keep.
+
+    `p_orig`: the model's probabilities on the originals, [B, K] (computed once, when the targets were set).
+    """
     adv = quantize(raw)
     with torch.no_grad(), frozen(clf):
-        p_orig = clf(original).softmax(-1)
         p_adv = clf(adv).softmax(-1)
     predicted = p_adv.argmax(-1)
     success = predicted == targets if targets is not None else predicted != original_classes

@@ -1,0 +1,187 @@
+"""Objectives: what a visualization maximizes. Each maps the run's activations to a score per image [B];
+`+`, `-` and scalar `*` compose them. The sign flips once, in `render`.
+
+Per-image arguments (a list of classes or channels, one per image) visualize many things in one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from featvis.errors import FeatvisError
+
+LOGITS = "<logits>"  # the pseudo-layer name for the model's output
+
+
+@dataclass
+class Context:
+    """What an objective may look at: the images the model saw, its logits (if run), and layer activations."""
+
+    images: torch.Tensor
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)
+    clf: object = None
+
+    def act(self, layer: str) -> torch.Tensor:
+        return self.acts[layer]
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.acts[LOGITS]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A score per image to maximize, with the layers it needs (LOGITS for the model output)."""
+
+    fn: Callable[[Context], torch.Tensor]
+    layers: tuple[str, ...]
+    name: str
+
+    def __call__(self, ctx: Context) -> torch.Tensor:
+        return self.fn(ctx)
+
+    def __add__(self, other: Objective | float) -> Objective:
+        if isinstance(other, (int, float)):
+            return Objective(lambda c: self.fn(c) + other, self.layers, f"{self.name} + {other}")
+        return Objective(lambda c: self.fn(c) + other.fn(c), _merge(self, other), f"{self.name} + {other.name}")
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Objective | float) -> Objective:
+        return self + (-1 * other)
+
+    def __mul__(self, k: float) -> Objective:
+        if not isinstance(k, (int, float)):
+            raise FeatvisError("objectives multiply by numbers only (k * objective)")
+        return Objective(lambda c: k * self.fn(c), self.layers, f"{k:g}·({self.name})")
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Objective:
+        return -1 * self
+
+
+def _merge(a: Objective, b: Objective) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(a.layers + b.layers))
+
+
+def _per_image(values, batch: int, what: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        values = values.flatten().tolist()
+    if isinstance(values, (int, str)):
+        values = [values] * batch
+    if len(values) != batch:
+        raise FeatvisError(f"{what} has {len(values)} entries for a batch of {batch}; give one, or one per image")
+    return values
+
+
+def class_logit(target: int | str | Sequence[int | str]) -> Objective:
+    """The class's logit (pre-softmax score), as the lab and Simonyan et al. optimize."""
+
+    def fn(c: Context) -> torch.Tensor:
+        idx = [c.clf.labels.lookup(t) for t in _per_image(target, c.logits.shape[0], "class_logit")]
+        return c.logits.gather(1, torch.tensor(idx, device=c.logits.device)[:, None])[:, 0]
+
+    return Objective(fn, (LOGITS,), f"class_logit({target})")
+
+
+def class_prob(target: int | str | Sequence[int | str]) -> Objective:
+    """The class's log-probability (maximizing it also pushes the other classes down)."""
+
+    def fn(c: Context) -> torch.Tensor:
+        idx = [c.clf.labels.lookup(t) for t in _per_image(target, c.logits.shape[0], "class_prob")]
+        return c.logits.log_softmax(-1).gather(1, torch.tensor(idx, device=c.logits.device)[:, None])[:, 0]
+
+    return Objective(fn, (LOGITS,), f"class_prob({target})")
+
+
+def _check_channel(acts: torch.Tensor, n: int, layer: str) -> None:
+    if not 0 <= n < acts.shape[1]:
+        raise FeatvisError(f"channel {n} is out of range for layer {layer!r} with {acts.shape[1]} channels")
+
+
+def channel(layer: str, n: int | Sequence[int]) -> Objective:
+    """Mean activation of channel `n` of `layer` (one channel per image with a list)."""
+
+    def fn(c: Context) -> torch.Tensor:
+        a = c.act(layer)
+        ns = _per_image(n, a.shape[0], "channel")
+        for k in set(ns):
+            _check_channel(a, k, layer)
+        idx = torch.tensor(ns, device=a.device)
+        return a[torch.arange(a.shape[0], device=a.device), idx].mean((1, 2))
+
+    return Objective(fn, (layer,), f"channel({layer}:{n})")
+
+
+def neuron(layer: str, n: int | Sequence[int], x: int | None = None, y: int | None = None) -> Objective:
+    """The activation of channel `n` at one spatial position (the centre by default)."""
+
+    def fn(c: Context) -> torch.Tensor:
+        a = c.act(layer)
+        ns = _per_image(n, a.shape[0], "neuron")
+        for k in set(ns):
+            _check_channel(a, k, layer)
+        yy = a.shape[2] // 2 if y is None else y
+        xx = a.shape[3] // 2 if x is None else x
+        if not (0 <= yy < a.shape[2] and 0 <= xx < a.shape[3]):
+            raise FeatvisError(f"neuron position ({xx}, {yy}) is outside the {a.shape[3]}×{a.shape[2]} map of "
+                               f"{layer!r}")
+        return a[torch.arange(a.shape[0], device=a.device), torch.tensor(ns, device=a.device), yy, xx]
+
+    return Objective(fn, (layer,), f"neuron({layer}:{n})")
+
+
+def layer(name: str) -> Objective:
+    """DeepDream: the mean squared activation of a whole layer."""
+    return Objective(lambda c: c.act(name).pow(2).flatten(1).mean(1), (name,), f"layer({name})")
+
+
+def direction(layer_name: str, vector: torch.Tensor) -> Objective:
+    """Activation along a direction in channel space, averaged over positions (Lucid's `direction`)."""
+
+    def fn(c: Context) -> torch.Tensor:
+        a = c.act(layer_name)
+        v = torch.as_tensor(vector, dtype=a.dtype, device=a.device).flatten()
+        if v.numel() != a.shape[1]:
+            raise FeatvisError(f"direction has {v.numel()} entries; layer {layer_name!r} has {a.shape[1]} channels")
+        return (a * v.view(1, -1, 1, 1)).sum(1).mean((1, 2))
+
+    return Objective(fn, (layer_name,), f"direction({layer_name})")
+
+
+def diversity(layer_name: str) -> Objective:
+    """Minus the cosine similarity of each image's Gram matrix to the others' (Olah et al. 2017): a batch of
+    images for one objective spreads out over different features."""
+
+    def fn(c: Context) -> torch.Tensor:
+        a = c.act(layer_name)
+        b, ch = a.shape[:2]
+        if b < 2:
+            return torch.zeros(b, device=a.device)
+        flat = a.reshape(b, ch, -1)
+        gram = torch.nn.functional.normalize((flat @ flat.transpose(1, 2)).reshape(b, -1), dim=1)
+        sim = gram @ gram.T
+        return -(sim.sum(1) - sim.diagonal()) / (b - 1)
+
+    return Objective(fn, (layer_name,), f"diversity({layer_name})")
+
+
+def l2(weight: float = 1.0, center: float = 0.5) -> Objective:
+    """Minus the squared distance of the image from mid-grey (a penalty: add it, it is already negative)."""
+    return Objective(lambda c: -weight * (c.images - center).pow(2).flatten(1).sum(1), (), f"l2({weight:g})")
+
+
+def total_variation(weight: float = 1.0) -> Objective:
+    """Minus the total variation of the image (a smoothness penalty)."""
+
+    def fn(c: Context) -> torch.Tensor:
+        x = c.images
+        tv = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).sum(1) + \
+            (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).sum(1)
+        return -weight * tv
+
+    return Objective(fn, (), f"tv({weight:g})")

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+import featvis as fv
+from featvis._ops import gaussian_blur
+from featvis.optvis import objectives as obj
+from featvis.optvis import param as P
+from featvis.optvis.render import render as render_fn
+from featvis.optvis.render import render_steps
+from featvis.optvis import transforms as T
+
+from _models import TinyConvNet
+
+
+def test_gradcheck_differentiable_pieces():
+    x = torch.rand(1, 3, 10, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: gaussian_blur(z, 1.0), (x,))
+    assert torch.autograd.gradcheck(lambda z: P.to_valid(z, True, "sigmoid"), (x,))
+    gen = torch.Generator().manual_seed(0)
+    for t in (T.random_rotate([7.0]), T.random_scale([1.1]), T.jitter(3), T.pad(2), T.roll_jitter(2)):
+        assert torch.autograd.gradcheck(lambda z, t=t: t(z, torch.Generator().manual_seed(1)), (x,)), t
+    fft = P.FFTImage(8, 1, generator=gen).double()
+    spec = fft.spectrum.detach().clone().requires_grad_(True)
+
+    def through(s):
+        fft.spectrum = torch.nn.Parameter(s) if False else fft.spectrum
+        spec_c = torch.view_as_complex(s) * fft.scale.double()
+        return torch.fft.irfft2(spec_c, s=(8, 8), norm="backward")
+
+    assert torch.autograd.gradcheck(through, (spec,))
+
+
+def test_fft_parameterization_can_fit_a_real_photo(clf):
+    target = fv.samples.load("chelsea", size=64)
+    prm = P.FFTImage(64, 1, generator=torch.Generator().manual_seed(0), decorrelate=True)
+    opt = torch.optim.Adam(prm.parameters(), lr=0.05)
+    for _ in range(300):
+        loss = (prm() - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    psnr = 10 * torch.log10(1 / (prm() - target).pow(2).mean())
+    assert psnr > 25, psnr
+
+
+def test_objective_algebra():
+    ctx = obj.Context(images=torch.zeros(2, 3, 4, 4), acts={"a": torch.arange(2 * 3 * 2 * 2.0).view(2, 3, 2, 2)})
+    ch = obj.channel("a", 1)
+    torch.testing.assert_close(ch(ctx), torch.tensor([5.5, 17.5]))
+    combo = 2 * ch - obj.channel("a", [0, 2])
+    torch.testing.assert_close(combo(ctx), torch.tensor([2 * 5.5 - 1.5, 2 * 17.5 - 21.5]))
+    assert combo.layers == ("a",)
+    torch.testing.assert_close(obj.neuron("a", 2, x=1, y=0)(ctx), torch.tensor([9.0, 21.0]))
+    torch.testing.assert_close(obj.layer("a")(ctx), ctx.acts["a"].pow(2).flatten(1).mean(1))
+    torch.testing.assert_close(obj.direction("a", torch.tensor([1.0, 0, 0]))(ctx), torch.tensor([1.5, 13.5]))
+    with pytest.raises(fv.FeatvisError, match="channel 5 is out of range"):
+        obj.channel("a", 5)(ctx)
+    with pytest.raises(fv.FeatvisError, match="multiply by numbers"):
+        ch * ch
+
+
+def test_diversity_prefers_different_images():
+    same = torch.ones(2, 4, 3, 3)
+    diff = torch.stack([torch.eye(4)[0].view(4, 1, 1).expand(4, 3, 3), torch.eye(4)[1].view(4, 1, 1).expand(4, 3, 3)])
+    d_same = obj.diversity("a")(obj.Context(images=torch.zeros(2, 3, 4, 4), acts={"a": same}))
+    d_diff = obj.diversity("a")(obj.Context(images=torch.zeros(2, 3, 4, 4), acts={"a": diff}))
+    assert (d_diff > d_same).all()
+
+
+def test_layer_objective_never_runs_later_layers():
+    net = TinyConvNet()
+    clf = fv.Classifier.wrap(net, labels=list("abcd"), input_size=32)
+    before = dict(net.calls)
+    render_fn(clf, obj.channel("conv1", 2), size=32, steps=3, transforms=[], seed=0)
+    assert net.calls["conv1"] - before["conv1"] == 4  # steps + the initial evaluation
+    assert net.calls["conv2"] == before["conv2"] and net.calls["fc"] == before["fc"]
+
+
+def test_render_is_deterministic_and_increases_the_objective(clf):
+    o = obj.channel("blocks.4", 3)
+    a = render_fn(clf, o, size=64, steps=12, seed=5)
+    b = render_fn(clf, o, size=64, steps=12, seed=5)
+    assert torch.equal(a.images, b.images)
+    first = render_fn(clf, o, size=64, steps=0, seed=5)
+    assert a.scores.item() > first.scores.item() + 0.5
+    assert a.images.shape == (1, 3, 64, 64) and a.images.min() >= 0 and a.images.max() <= 1
+
+
+def test_render_steps_yields_progress_and_snapshots(clf):
+    states = list(render_steps(clf, obj.channel("blocks.2", 0), size=48, steps=4, seed=0))
+    assert [s.step for s in states] == [0, 1, 2, 3, 4]
+    res = render_fn(clf, obj.channel("blocks.2", 0), size=48, steps=4, snapshots=[0, 2, 4])
+    assert sorted(res.snapshots) == [0, 2, 4]
