@@ -15,6 +15,7 @@ from featvis.errors import FeatvisError
 from featvis.images import load_image, load_images, quantize, save_image
 from featvis.layers import capture, default_layer, find_layer, forward_until, list_layers
 from featvis.models import Classifier, Labels, Prediction, available_models, imagenet_labels, load_model
+from featvis.optvis import class_visualization, feature_visualization, objectives, render
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,9 @@ __all__ = [
     "__version__",
     "available_models",
     "capture",
+    "class_visualization",
     "default_layer",
+    "feature_visualization",
     "find_layer",
     "fool",
     "forward_until",
@@ -36,7 +39,9 @@ __all__ = [
     "load_image",
     "load_images",
     "load_model",
+    "objectives",
     "quantize",
+    "render",
     "saliency",
     "samples",
     "save_image",

@@ -5,9 +5,9 @@ import featvis as fv
 from featvis._ops import gaussian_blur
 from featvis.optvis import objectives as obj
 from featvis.optvis import param as P
+from featvis.optvis import transforms as T
 from featvis.optvis.render import render as render_fn
 from featvis.optvis.render import render_steps
-from featvis.optvis import transforms as T
 
 from _models import TinyConvNet
 
