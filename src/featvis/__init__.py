@@ -10,7 +10,7 @@ Example:
 from featvis import samples
 from featvis._alloc import tune_allocator
 from featvis.adversarial import FoolingResult, fool
-from featvis.attribution import saliency
+from featvis.attribution import explain, saliency
 from featvis.errors import FeatvisError
 from featvis.images import load_image, load_images, quantize, save_image
 from featvis.layers import capture, default_layer, find_layer, forward_until, list_layers
@@ -30,6 +30,7 @@ __all__ = [
     "capture",
     "class_visualization",
     "default_layer",
+    "explain",
     "feature_visualization",
     "find_layer",
     "fool",

@@ -13,6 +13,9 @@ Methods are registered by name (`ATTRIBUTIONS.names()`); `saliency(clf, images, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 
 from featvis.attribution import cam, gradient, integrated, occlusion, smoothgrad  # noqa: F401 (registers)
@@ -32,4 +35,50 @@ def methods() -> list[str]:
     return ATTRIBUTIONS.names()
 
 
-__all__ = ["ATTRIBUTIONS", "REDUCTIONS", "SCORES", "methods", "resolve_targets", "saliency"]
+@dataclass(frozen=True)
+class SaliencyResult:
+    """Maps of several methods for a batch, with the explained classes; shows itself in Jupyter."""
+
+    images: torch.Tensor  # [B, 3, H, W]
+    maps: dict[str, torch.Tensor]  # method -> [B, H, W]
+    targets: torch.Tensor  # [B]
+    probs: torch.Tensor  # [B] p(target)
+    names: list[str]  # [B] class names
+
+    def figure(self, index: int = 0, shared_scale: bool = False):
+        from featvis.figures import compare_methods
+
+        title = f"{self.names[index]} ({int(self.targets[index])}) p={float(self.probs[index]):.3f}"
+        return compare_methods(self.images[index], {k: v[index] for k, v in self.maps.items()}, title,
+                               shared_scale=shared_scale)
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        import matplotlib.pyplot as plt
+
+        fig = self.figure()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        return buf.getvalue()
+
+
+def explain(clf, images: torch.Tensor, target=None, *, methods: Sequence[str] = ("gradient", "gradcam"),
+            **options) -> SaliencyResult:
+    """Several methods' maps for the same images and classes, as one displayable result.
+
+    Example:
+        >>> explain(clf, x, "tabby", methods=["gradient", "integrated-gradients", "gradcam"])
+    """
+    from featvis.attribution._base import prepare
+
+    images, targets = prepare(clf, images, target)
+    maps = {ATTRIBUTIONS.canonical(m): ATTRIBUTIONS.get(m)(clf, images, targets, **options) for m in methods}
+    with torch.no_grad():
+        probs = clf(images).softmax(-1).gather(1, targets[:, None])[:, 0]
+    return SaliencyResult(images, maps, targets, probs, [clf.labels[int(t)] for t in targets])
+
+
+__all__ = ["ATTRIBUTIONS", "REDUCTIONS", "SCORES", "SaliencyResult", "explain", "methods", "resolve_targets",
+           "saliency"]
