@@ -80,7 +80,7 @@ def main() -> None:
         for name, res in results.items():
             tr = with_transfer(res, lite2).transfer
             rate = float(tr["success"].float().mean())
-            changed = float((tr["predicted"] != res.original_classes).float().mean())
+            changed = float(tr["changed"].float().mean())
             out["transfer"][name] = {"target_rate": rate, "prediction_changed": changed}
             print(f"  {name:16s} fools Lite2 into the target: {rate:.0%}   Lite2's prediction differs from the "
                   f"original class: {changed:.0%}")

@@ -41,11 +41,16 @@ def with_transfer(result: FoolingResult, other) -> FoolingResult:
     from featvis.images import resize
     from featvis.models.classifier import frozen
 
-    x = resize(result.images.to(other.device), other.input_size, other.preprocess.crop_fraction)
-    with torch.no_grad(), frozen(other):
-        pred = other(x).argmax(-1).to(result.images.device)
-    ok = pred == result.targets if result.targets is not None else pred != result.original_classes
-    return replace(result, transfer={"model": other.id, "predicted": pred, "success": ok})
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        x = resize(images.to(other.device), other.input_size, other.preprocess.crop_fraction)
+        with torch.no_grad(), frozen(other):
+            return other(x).argmax(-1).to(result.images.device)
+
+    pred, before = predict(result.images), predict(result.original)
+    ok = pred == result.targets if result.targets is not None else pred != before
+    # "changed": the second model's own mind changed (its prediction on the original vs on the fooled image)
+    return replace(result, transfer={"model": other.id, "predicted": pred, "success": ok, "original": before,
+                                     "changed": pred != before})
 
 
 __all__ = ["ATTACKS", "FoolingResult", "fool", "with_transfer"]

@@ -82,6 +82,7 @@ class FoolingResult:
                 row["transfer_model"] = self.transfer["model"]
                 row["transfer_predicted"] = int(self.transfer["predicted"][i])
                 row["transfer_success"] = bool(self.transfer["success"][i])
+                row["transfer_changed"] = bool(self.transfer["changed"][i])
             rows.append(row)
         return rows
 

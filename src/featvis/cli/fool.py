@@ -32,7 +32,7 @@ from featvis.models import DEFAULT_MODEL
 CSV_FIELDS = ["image", "method", "success", "steps", "original_class", "original_name", "target", "target_name",
               "predicted", "predicted_name", "original_prob_before", "original_prob_after", "target_prob_before",
               "target_prob_after", "l2", "linf", "l2_255", "linf_255", "psnr_db", "reloaded_predicted",
-              "transfer_model", "transfer_predicted", "transfer_success"]
+              "transfer_model", "transfer_predicted", "transfer_success", "transfer_changed"]
 
 
 @app.command()
