@@ -63,7 +63,9 @@ def render_section(section: Section, out_dir: Path, embed: bool) -> str:
     m = section.manifest
     model = (m.get("model") or {}).get("id", "?")
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in (m.get("timings_s") or {}).items())
-    parts.append(f'<p class="meta">model <code>{html.escape(model)}</code> · seed {m.get("seed")} · {timings}</p>')
+    seed = m.get("seed")
+    parts.append(f'<p class="meta">model <code>{html.escape(model)}</code> · seed {"—" if seed is None else seed} · '
+                 f"{timings}</p>")
     parts.append("<details><summary>parameters (from manifest.json)</summary><pre>"
                  f"{html.escape(json.dumps(m.get('params', {}), indent=2, default=str))}</pre></details></section>")
     return "\n".join(parts)
@@ -103,11 +105,11 @@ def build_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLik
     if stage_seconds:
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{v:.1f}</td></tr>" for k, v in
                        stage_seconds.items())
-        stage = (f'<div class="table-wrap"><table data-table="stage times"><thead><tr><th>stage</th><th>seconds</th>'
-                 f"</tr></thead><tbody>{rows}</tbody></table></div>")
+        stage = (f'<details><summary>time per stage</summary><div class="table-wrap"><table data-table="stage times">'
+                 f"<thead><tr><th>stage</th><th>seconds</th></tr></thead><tbody>{rows}</tbody></table></div></details>")
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title><style>{STYLE}</style>'
-            f"</head><body><main><h1>{html.escape(title)}</h1><p class='lede'>{intro}</p>{stage}<nav>{nav}</nav>"
+            f"</head><body><main><h1>{html.escape(title)}</h1><p class='lede'>{intro}</p><nav>{nav}</nav>{stage}"
             f"{body}</main></body></html>\n")
     atomic_write_text(out_file, page)
     return out_file
