@@ -82,8 +82,8 @@ def main() -> None:
             rate = float(tr["success"].float().mean())
             changed = float(tr["changed"].float().mean())
             out["transfer"][name] = {"target_rate": rate, "prediction_changed": changed}
-            print(f"  {name:16s} fools Lite2 into the target: {rate:.0%}   Lite2's prediction differs from the "
-                  f"original class: {changed:.0%}")
+            print(f"  {name:16s} fools Lite2 into the target: {rate:.0%}   Lite2 changes its own "
+                  f"prediction: {changed:.0%}")
     except fv.FeatvisError as e:
         print(f"transfer skipped: {e}")
 
