@@ -150,3 +150,10 @@ def test_bad_targets(clf, six):
         fool(clf, six[:1], 6, method="pgb")
     with pytest.raises(fv.FeatvisError, match="target has 2 entries for 1 images"):
         fool(clf, six[:1], [1, 2])
+
+
+def test_select_keeps_one_image(clf, six):
+    res = fool(clf, six[:3], "stingray", method="fgsm", check_model=clf)
+    one = res.select(1)
+    assert one.images.shape[0] == 1 and torch.equal(one.images[0], res.images[1])
+    assert one.records()[0] == res.records()[1]

@@ -91,3 +91,12 @@ def test_render_steps_yields_progress_and_snapshots(clf):
     assert [s.step for s in states] == [0, 1, 2, 3, 4]
     res = render_fn(clf, obj.channel("blocks.2", 0), size=48, steps=4, snapshots=[0, 2, 4])
     assert sorted(res.snapshots) == [0, 2, 4]
+
+
+def test_fixed_size_transforms_keep_one_shape():
+    x = torch.rand(2, 3, 32, 32)
+    shapes = {tuple(T.compose(T.fixed_size_transforms())(x, torch.Generator().manual_seed(s)).shape)
+              for s in range(20)}
+    assert shapes == {(2, 3, 44, 44)}  # pad 12 per side, minus the 8 and 4 px jitter crops: always +12
+    zoom = T.random_affine([2.0], [0.0])(torch.arange(16.0).view(1, 1, 4, 4).expand(1, 3, 4, 4), None)
+    assert zoom.shape == (1, 3, 4, 4) and zoom[0, 0, 1:3, 1:3].std() < torch.arange(16.0).std()

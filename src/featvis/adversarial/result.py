@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -58,6 +58,15 @@ class FoolingResult:
     @property
     def success_rate(self) -> float:
         return float(self.success.float().mean())
+
+    def select(self, index: int | slice) -> FoolingResult:
+        """The result for some of the images (keeps the batch dimension)."""
+        sl = slice(index, index + 1) if isinstance(index, int) else index
+        cut = {f.name: getattr(self, f.name)[sl] for f in fields(self)
+               if isinstance(getattr(self, f.name), torch.Tensor)}
+        transfer = None if self.transfer is None else {k: v[sl] if isinstance(v, torch.Tensor) else v
+                                                       for k, v in self.transfer.items()}
+        return replace(self, transfer=transfer, **cut)
 
     def records(self) -> list[dict]:
         """One JSON-ready row per image with every number above (L2/L∞ also in 0–255 units)."""

@@ -103,8 +103,7 @@ def fool(
                 png = save_image(res.images[i], job.out_dir / "fooled" / f"{key}.png")
                 reloaded = load_image(png).to(clf.device)  # what the user keeps, read back
                 rec["reloaded_predicted"] = clf.predict(reloaded, k=1)[0][0].index
-                one = _slice(res, i)
-                save_figure(fooling_panels(one), job.out_dir / "figures" / f"{key}.png")
+                save_figure(fooling_panels(res.select(i)), job.out_dir / "figures" / f"{key}.png")
                 rec.update(image=str(path), fooled_png=f"fooled/{key}.png", figure=f"figures/{key}.png")
                 job.done(key, rec)
             advance(len(batch_keys))
@@ -129,19 +128,6 @@ def fool(
         out_console.print(table)
         ui.info(f"success {summary['success_rate']:.0%}; fooled PNGs and figures in {job.out_dir}")
     return 1 if failed else 0
-
-
-def _slice(res, i: int):
-    from dataclasses import replace
-
-    def cut(v):
-        return v[i:i + 1] if v is not None else None
-
-    return replace(res, images=cut(res.images), original=cut(res.original), targets=cut(res.targets),
-                   original_classes=cut(res.original_classes), predicted=cut(res.predicted),
-                   success=cut(res.success), steps=cut(res.steps), original_prob_before=cut(res.original_prob_before),
-                   original_prob_after=cut(res.original_prob_after), target_prob_before=cut(res.target_prob_before),
-                   target_prob_after=cut(res.target_prob_after), transfer=None)
 
 
 def _summary(records: list[dict]) -> dict:

@@ -19,7 +19,7 @@ from featvis.layers import capture, find_layer, forward_until
 from featvis.models.classifier import frozen
 from featvis.optvis.objectives import LOGITS, Context, Objective
 from featvis.optvis.param import image as default_param
-from featvis.optvis.transforms import Transform, compose, standard_transforms
+from featvis.optvis.transforms import Transform, compose, fixed_size_transforms
 
 PostStep = tuple[int, Callable[[nn.Module, int], None]]  # (every k steps, fn(param, step))
 
@@ -97,7 +97,7 @@ def render_steps(clf, objective: Objective, *, param: nn.Module | None = None, s
     Args:
         objective: what to maximize (see `featvis.optvis.objectives`).
         param: an nn.Module returning [B, 3, H, W] in [0, 1] (default: Fourier + decorrelated colour, `size`, `batch`).
-        transforms: applied each step before the model (default: Lucid's standard transforms; [] for none).
+        transforms: applied each step before the model (default: Lucid's robustness at one size; [] for none).
         steps: optimization steps.
         optimizer: "adam" (on the parameters, rate `lr`) or "normalized" (the lab's lr · g / ‖g‖ ascent).
         seed: seeds the initial image and every random transform: same seed, same result on CPU.
@@ -109,7 +109,7 @@ def render_steps(clf, objective: Objective, *, param: nn.Module | None = None, s
     if param is None:
         param = default_param(size, batch, generator=gen)
     param = param.to(device)
-    chain = compose(standard_transforms() if transforms is None else list(transforms))
+    chain = compose(fixed_size_transforms() if transforms is None else list(transforms))
     if optimizer == "adam":
         opt = torch.optim.Adam(param.parameters(), lr=lr)
     elif optimizer != "normalized":

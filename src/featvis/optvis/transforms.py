@@ -92,3 +92,27 @@ def standard_transforms() -> list[Transform]:
     """Lucid's transformation robustness: pad 12, jitter 8, scale 0.90–1.10, rotate −10..10°, jitter 4."""
     return [pad(12), jitter(8), random_scale([1 + (i - 5) / 50 for i in range(11)]),
             random_rotate(list(range(-10, 11)) + 5 * [0]), jitter(4)]
+
+
+def random_affine(scales: Sequence[float], degrees: Sequence[float]) -> Transform:
+    """Random scale and rotation about the centre in one resampling, keeping the image size: the model then
+    sees one input shape on every step (no per-shape kernel planning), unlike a resize followed by a rotation."""
+
+    def fn(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        s = float(_choice(scales, gen))
+        a = math.radians(float(_choice(degrees, gen)))
+        if s == 1.0 and a == 0.0:
+            return x
+        cos, sin = math.cos(a) / s, math.sin(a) / s  # the grid samples the input: inverse scale zooms by s
+        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype, device=x.device)
+        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    return fn
+
+
+def fixed_size_transforms() -> list[Transform]:
+    """Lucid's robustness (pad 12, jitter 8, scale 0.90–1.10, rotate −10..10°, jitter 4) with scale and rotation
+    done as one same-size affine resampling, so every step feeds the model the same shape."""
+    return [pad(12), jitter(8), random_affine([1 + (i - 5) / 50 for i in range(11)], list(range(-10, 11)) + 5 * [0]),
+            jitter(4)]
