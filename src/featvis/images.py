@@ -7,6 +7,7 @@ image, numpy array or tensor, in any PIL mode — becomes that here, or fails wi
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -132,9 +133,10 @@ def check_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
     if min(images.shape[-2:]) < MIN_SIDE:
         raise FeatvisError(f"{what} are {images.shape[-2]}×{images.shape[-1]}; need at least {MIN_SIDE}×{MIN_SIDE}")
     with torch.no_grad():
-        if not torch.isfinite(images).all():
-            raise FeatvisError(f"{what} contain NaN or infinite values")
-        lo, hi = images.min().item(), images.max().item()
+        lo_t, hi_t = torch.aminmax(images)  # one pass; NaN and ±inf show up in the extremes
+        lo, hi = lo_t.item(), hi_t.item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise FeatvisError(f"{what} contain NaN or infinite values")
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise FeatvisError(f"{what} span [{lo:.3g}, {hi:.3g}] but featvis takes pixels in [0, 1] "
                            "(the Classifier normalizes); pass un-normalized images")
