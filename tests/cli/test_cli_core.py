@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -55,7 +56,7 @@ def test_errors_are_one_line(capsys, argv, match):
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert __import__("re").search(match, err), err
+    assert re.search(match, err), err
 
 
 def test_bad_file_in_batch_is_skipped_not_fatal(capsys, tmp_path):

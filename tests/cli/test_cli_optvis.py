@@ -16,8 +16,7 @@ def test_classvis_writes_images_grid_scores_and_resumes(capsys, tmp_path):
     assert recs[963]["top1"] == 963 and recs[963]["target_prob"] > 0.5
     assert Image.open(tmp_path / recs[76]["image"]).size == (96, 96)
     assert (tmp_path / "grid.png").exists() and (tmp_path / "manifest.json").exists()
-    # the batch over classes resumes: a rerun with one more class only renders the new one... with the same
-    # parameters; the same command skips everything
+    # the batch over classes resumes: rerunning the same command skips every finished class
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == 2
 
@@ -32,4 +31,3 @@ def test_features_channels_and_errors(capsys, tmp_path):
     assert code == 2 and "unknown layer" in capsys.readouterr().err
     code = main(["classvis", "tarantulla", "-o", str(tmp_path / "y")])
     assert code == 2 and "'tarantula'" in capsys.readouterr().err
-    assert fv.samples.names()

@@ -2,6 +2,7 @@ import math
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ def _mean_log_p(net, mean, std, crop):
     total = 0.0
     for name, classes in TRUTH.items():
         im = prepare(open_image(fv.samples.path(name)), 224, crop, "bicubic")
-        x = torch.from_numpy(__import__("numpy").asarray(im).copy()).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 255
         x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
         with torch.no_grad():
             p = net(x).softmax(1)[0, classes].sum()
