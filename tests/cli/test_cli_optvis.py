@@ -2,7 +2,6 @@ import json
 
 from PIL import Image
 
-import featvis as fv
 from featvis.cli import main
 
 
