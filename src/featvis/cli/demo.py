@@ -93,3 +93,40 @@ def report(
 
     page = build_report(runs, output, title=title, embed=embed)
     typer.echo(str(page.resolve()))
+
+
+@app.command()
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback an access token is required.")] =
+    "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token: Annotated[str | None, typer.Option(help="Access token (generated and printed when binding beyond "
+                                                   "loopback).")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve the JSON API (`/api/...`, OpenAPI at /openapi.json) for one model. Needs the [web] extra."""
+    import ipaddress
+    import secrets
+
+    from featvis.cli._common import load_classifier
+    from featvis.errors import FeatvisError
+    from featvis.models.zoo import is_installed
+
+    if not (is_installed("fastapi") and is_installed("uvicorn") and is_installed("multipart")):
+        raise FeatvisError("featvis serve needs the web extra; run: pip install 'featvis[web]'")
+    import uvicorn
+
+    from featvis.web.app import create_app
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if token is None and not loopback:
+        token = secrets.token_urlsafe(24)
+    clf = load_classifier(model, device)
+    app_ = create_app(clf, token=token)
+    url = f"http://{host}:{port}/api/health" + (f"?token={token}" if token else "")
+    err_console.print(f"featvis API for {clf.id} at {url}", markup=False, highlight=False, soft_wrap=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")

@@ -1,0 +1,1 @@
+"""The featvis web API (needs the [web] extra: fastapi, uvicorn, python-multipart)."""

@@ -1,0 +1,105 @@
+import io
+import time
+
+import pytest
+from PIL import Image
+
+import featvis as fv
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+from featvis.web.app import create_app
+from featvis.web.jobs import JobQueue
+
+
+@pytest.fixture(scope="module")
+def client(clf):
+    with TestClient(create_app(clf, queue=JobQueue(capacity=2, timeout=60))) as c:
+        yield c
+
+
+def wait(client, job_id, timeout=60.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+def png_bytes(size=(64, 64), mode="RGB"):
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_classify_sample_and_upload(client):
+    r = client.post("/api/classify", data={"sample": "coffee"})
+    assert r.status_code == 200 and r.json()["predictions"][0]["index"] == 967
+    data = fv.samples.path("grace_hopper").read_bytes()
+    r = client.post("/api/classify", files={"file": ("anything.txt", data, "text/plain")})
+    assert r.status_code == 200 and r.json()["predictions"][0]["index"] == 652  # decoded, not trusted by name
+    assert client.get("/api/classes", params={"q": "tabby"}).json()[0]["index"] == 281
+
+
+def test_upload_limits_and_bad_inputs(clf):
+    with TestClient(create_app(clf, max_bytes=50_000, max_pixels=1_000_000)) as c:
+        big = fv.samples.path("coffee").read_bytes()
+        assert c.post("/api/classify", files={"file": ("a.jpg", big)}).status_code == 413
+        r = c.post("/api/classify", files={"file": ("a.png", b"not an image at all")})
+        assert r.status_code == 422 and "not an image" in r.json()["detail"]
+        buf = io.BytesIO()
+        Image.new("1", (4000, 4000)).save(buf, format="PNG", optimize=True)
+        r = c.post("/api/classify", files={"file": ("bomb.png", buf.getvalue())})
+        assert r.status_code == 422 and "pixels" in r.json()["detail"]
+        r = c.post("/api/saliency", data={"sample": "coffee", "target": "espreso"})
+        assert r.status_code == 422 and "'espresso'" in r.json()["detail"]
+        r = c.post("/api/visualize", data={"kind": "channel", "layer": "blocks.99"})
+        assert r.status_code == 422 and "unknown layer" in r.json()["detail"]
+
+
+def test_saliency_and_fool_jobs(client):
+    r = client.post("/api/saliency", data={"sample": "coffee", "method": "gradcam"})
+    assert r.status_code == 202
+    job = wait(client, r.json()["id"])
+    assert job["status"] == "done" and job["result"]["target"] == 967
+    img = client.get(f"/api/jobs/{job['id']}/images/overlay.png")
+    assert img.status_code == 200 and Image.open(io.BytesIO(img.content)).size == (224, 224)
+    assert client.get(f"/api/jobs/{job['id']}/images/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    r = client.post("/api/fool", data={"sample": "chelsea", "target": "stingray"})
+    job = wait(client, r.json()["id"])
+    assert job["status"] == "done" and job["result"]["success"] and job["result"]["predicted"] == 6
+
+
+def test_visualize_streams_progress_and_can_be_cancelled(client):
+    r = client.post("/api/visualize", data={"kind": "class", "target": "pizza", "steps": 12, "size": 64})
+    job_id = r.json()["id"]
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as s:
+        body = "".join(s.iter_text())
+    assert body.count("data: {\"progress\"") >= 12 and "event: end" in body
+    assert wait(client, job_id)["status"] == "done"
+    r = client.post("/api/visualize", data={"kind": "class", "target": "pizza", "steps": 2000, "size": 64})
+    job_id = r.json()["id"]
+    time.sleep(0.5)
+    client.delete(f"/api/jobs/{job_id}")
+    assert wait(client, job_id)["status"] == "cancelled"
+
+
+def test_full_queue_answers_429(clf):
+    with TestClient(create_app(clf, queue=JobQueue(capacity=1))) as c:
+        first = c.post("/api/visualize", data={"kind": "class", "target": 1, "steps": 2000, "size": 64})
+        assert first.status_code == 202
+        second = c.post("/api/visualize", data={"kind": "class", "target": 2, "steps": 5, "size": 64})
+        assert second.status_code == 429 and second.headers["Retry-After"]
+        c.delete(f"/api/jobs/{first.json()['id']}")
+        wait(c, first.json()["id"])
+
+
+def test_token_required_when_set(clf):
+    with TestClient(create_app(clf, token="s3cret")) as c:
+        assert c.get("/api/health").status_code == 401
+        assert c.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/api/health", params={"token": "s3cret"}).status_code == 200
