@@ -3,7 +3,7 @@ its 8-bit version fools the model."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +33,8 @@ def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0
         k = len(clf.labels)
         picks = torch.randint(0, k - 1, (b,), generator=gen).to(original.device)
         return picks + (picks >= original).long(), original, probs  # skip the predicted class
-    if isinstance(target, torch.Tensor):
-        target = target.flatten().tolist()
-    if isinstance(target, (str, int)) or hasattr(target, "__index__"):
-        target = [target] * b
-    if not isinstance(target, Sequence) or len(target) != b:
-        raise FeatvisError(f"target has {len(target) if isinstance(target, Sequence) else 'no'} entries for {b} "
-                           "images; give one class, one per image, 'random', or None (untargeted)")
-    return torch.tensor([clf.labels.lookup(t) for t in target], device=images.device), original, probs
+    indices = clf.labels.per_image(target, b, hint="'random', or None (untargeted)")
+    return torch.tensor(indices, device=images.device), original, probs
 
 
 def fooled(predicted: torch.Tensor, targets: torch.Tensor | None, original: torch.Tensor) -> torch.Tensor:

@@ -26,14 +26,7 @@ def resolve_targets(clf, images: torch.Tensor, target) -> torch.Tensor:
     if target is None:
         with torch.no_grad(), frozen(clf):
             return clf(images).argmax(-1)
-    if isinstance(target, torch.Tensor):
-        target = target.flatten().tolist()
-    if isinstance(target, (str, int)) or hasattr(target, "__index__"):
-        target = [target] * b
-    if not isinstance(target, Sequence) or len(target) != b:
-        raise FeatvisError(f"target has {len(target) if isinstance(target, Sequence) else 'no'} entries for {b} "
-                           "images; give one class, one per image, or None")
-    return torch.tensor([clf.labels.lookup(t) for t in target], device=images.device, dtype=torch.long)
+    return torch.tensor(clf.labels.per_image(target, b), device=images.device, dtype=torch.long)
 
 
 def score_fn(score: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -72,6 +72,17 @@ class Labels(Sequence[str]):
             raise FeatvisError(f"class name {x!r} is ambiguous: {options}; pass the index")
         return hits[0]
 
+    def per_image(self, target, batch: int, hint: str = "or None") -> list[int]:
+        """Class indices for a batch from one class (index/name) or one per image (list/tensor)."""
+        if hasattr(target, "flatten") and not isinstance(target, str):
+            target = target.flatten().tolist()
+        if isinstance(target, (str, int)) or hasattr(target, "__index__"):
+            target = [target] * batch
+        if not isinstance(target, Sequence) or len(target) != batch:
+            n = len(target) if isinstance(target, Sequence) else "no"
+            raise FeatvisError(f"target has {n} entries for {batch} images; give one class, one per image, {hint}")
+        return [self.lookup(t) for t in target]
+
 
 @lru_cache(maxsize=1)
 def imagenet_labels() -> Labels:
