@@ -103,3 +103,10 @@ def test_token_required_when_set(clf):
         assert c.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/api/health", params={"token": "s3cret"}).status_code == 200
+
+
+def test_page_is_served_without_external_resources(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "<title>featvis</title>" in r.text
+    assert "http://" not in r.text and "https://" not in r.text and "<link" not in r.text
+    assert client.get("/api/methods").json()[0] in fv.attribution.methods()

@@ -127,6 +127,6 @@ def serve(
         token = secrets.token_urlsafe(24)
     clf = load_classifier(model, device)
     app_ = create_app(clf, token=token)
-    url = f"http://{host}:{port}/api/health" + (f"?token={token}" if token else "")
+    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
     err_console.print(f"featvis API for {clf.id} at {url}", markup=False, highlight=False, soft_wrap=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning")

@@ -65,6 +65,22 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
 
+    @app.get("/", include_in_schema=False)
+    def page(request: Request) -> Response:
+        from importlib import resources
+
+        html = resources.files("featvis.web").joinpath("static/index.html").read_text("utf-8")
+        resp = Response(html, media_type="text/html")
+        if token is not None:  # the printed URL carries ?token=; remember it for the page's own requests
+            resp.set_cookie("featvis_token", token, httponly=True, samesite="strict")
+        return resp
+
+    @app.get("/api/methods")
+    def methods() -> list[str]:
+        from featvis.attribution import ATTRIBUTIONS
+
+        return ATTRIBUTIONS.names()
+
     @app.get("/api/health")
     def health() -> dict:
         return {"model": clf.id, "classes": len(clf.labels), "input_size": clf.input_size}
