@@ -110,3 +110,11 @@ def test_page_is_served_without_external_resources(client):
     assert r.status_code == 200 and "<title>featvis</title>" in r.text
     assert "http://" not in r.text and "https://" not in r.text and "<link" not in r.text
     assert client.get("/api/methods").json()[0] in fv.attribution.methods()
+
+
+def test_finished_jobs_expire(clf):
+    with TestClient(create_app(clf, queue=JobQueue(ttl=0.2))) as c:
+        job_id = c.post("/api/saliency", data={"sample": "coffee"}).json()["id"]
+        assert wait(c, job_id)["status"] == "done"
+        time.sleep(0.3)
+        assert c.get(f"/api/jobs/{job_id}").status_code == 404
