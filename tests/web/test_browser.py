@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 
+import featvis as fv
+
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")]
@@ -39,11 +41,16 @@ def test_page_classifies_explains_fools_and_visualizes(server, tmp_path):
         page = browser.new_page(viewport={"width": 1000, "height": 1400})
         page.goto(server)
         page.wait_for_selector("#sample option[value=coffee]", state="attached")
-        page.select_option("#sample", "coffee")
+        page.set_input_files("#file", str(fv.samples.path("coffee")))  # upload, as a user would
         page.wait_for_function("document.querySelector('#top5').dataset.top1 == '967'", timeout=30000)
         page.click("#run-saliency")
         page.wait_for_selector("#sal-img:not([hidden])", timeout=60000)
         assert "espresso" in page.inner_text("#sal-status")
+        links = page.eval_on_selector_all("#sal-dl a", "els => els.map(e => e.textContent)")
+        assert {"overlay.png", "heatmap.png", "panels.png", "result.json"} <= set(links)
+        with page.expect_download() as dl:
+            page.click("#sal-dl a:text('overlay.png')")
+        assert dl.value.suggested_filename.endswith("overlay.png")
         page.fill("#target", "stingray")
         page.click("#run-fool")
         page.wait_for_selector("#fool-img:not([hidden])", timeout=120000)
