@@ -120,6 +120,16 @@ def sanity_curves(results: Sequence[object]) -> plt.Figure:
     return fig
 
 
+def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
+    """The figure as PNG bytes (for Jupyter's _repr_png_ and the web API); the figure is closed."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
     """Save as PNG atomically and close the figure."""
     from featvis.runs import atomic_path

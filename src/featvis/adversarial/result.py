@@ -100,17 +100,9 @@ class FoolingResult:
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows the lab's four panels."""
-        import io
+        from featvis.figures import figure_png, fooling_panels
 
-        from featvis.figures import fooling_panels
-
-        fig = fooling_panels(self)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-        return buf.getvalue()
+        return figure_png(fooling_panels(self))
 
 
 def finish(method: str, clf, original: torch.Tensor, raw: torch.Tensor, targets: torch.Tensor | None,

@@ -53,15 +53,9 @@ class SaliencyResult:
                                shared_scale=shared_scale)
 
     def _repr_png_(self) -> bytes:
-        import io
+        from featvis.figures import figure_png
 
-        import matplotlib.pyplot as plt
-
-        fig = self.figure()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
-        return buf.getvalue()
+        return figure_png(self.figure())
 
 
 def explain(clf, images: torch.Tensor, target=None, *, methods: Sequence[str] = ("gradient", "gradcam"),

@@ -49,17 +49,9 @@ class RenderResult:
         return 1e3 * self.seconds / max(self.steps, 1)
 
     def _repr_png_(self) -> bytes:
-        import io
+        from featvis.figures import figure_png, render_grid
 
-        import matplotlib.pyplot as plt
-
-        from featvis.figures import render_grid
-
-        fig = render_grid(self.images, self.titles or [self.objective] * self.images.shape[0])
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
-        return buf.getvalue()
+        return figure_png(render_grid(self.images, self.titles or [self.objective] * self.images.shape[0]))
 
 
 def evaluate(clf, objective: Objective, images: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,7 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
         tgt = None if not target else clf.labels.lookup(target)
 
         def work(job: Job) -> None:
-            from featvis.figures import overlay, saliency_panels, scale_maps
+            from featvis.figures import figure_png, overlay, saliency_panels, scale_maps
 
             job.report(0.0, stage="saliency")
             t = resolve_targets(clf, x, tgt)
@@ -123,8 +123,8 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
             heat = scale_maps([maps[0]], shared=False)[0]
             job.images["overlay.png"] = encode_png(torch.from_numpy(overlay(x[0], heat)).permute(2, 0, 1) / 255)
             job.images["heatmap.png"] = encode_png(torch.from_numpy(heat)[None].expand(3, -1, -1))
-            job.images["panels.png"] = _figure_png(saliency_panels(
-                x, maps, [f"{clf.labels[int(t[0])]} p={p:.3f}"], method=ATTRIBUTIONS.canonical(method)))
+            job.images["panels.png"] = figure_png(saliency_panels(
+                x, maps, [f"{clf.labels[int(t[0])]} p={p:.3f}"], method=ATTRIBUTIONS.canonical(method)), dpi=90)
             job.result = {"method": ATTRIBUTIONS.canonical(method), "target": int(t[0]),
                           "target_name": clf.labels[int(t[0])], "prob": p}
 
@@ -142,12 +142,12 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
         steps = 100 if name == "ascent" else 20
 
         def work(job: Job) -> None:
-            from featvis.figures import fooling_panels
+            from featvis.figures import figure_png, fooling_panels
 
             opts = {} if name == "fgsm" else {"callback": lambda k, active: job.report(k / steps, step=k)}
             res = run(clf, x, None if tgt == "none" else tgt, method=name, **opts)
             job.images["fooled.png"] = encode_png(res.images[0])
-            job.images["panels.png"] = _figure_png(fooling_panels(res))
+            job.images["panels.png"] = figure_png(fooling_panels(res), dpi=90)
             job.result = res.records()[0]
 
         return submit("fool", work)
@@ -227,14 +227,3 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     return app
-
-
-def _figure_png(fig) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
