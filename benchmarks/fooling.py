@@ -1,7 +1,7 @@
 """Fooling images on the bundled photos × three targets (stingray 6, gorilla 366, pizza 963) at 224 px:
-success after 8-bit rounding, steps, L∞ (0–255), L2, PSNR for ascent and PGD at three budgets; CW-L2 against
-PGD-L2; transfer to EfficientNet-Lite2; seconds per fooled image beside Captum's FGSM/PGD and time per step as a
-ratio of the bare forward+backward floor.
+success after 8-bit rounding, steps, L∞ (0–255), L2, PSNR for ascent, the lab's recipe as written and PGD at
+three budgets; both ascents on random targets; CW-L2 against PGD-L2; transfer to EfficientNet-Lite2; seconds per
+fooled image beside Captum's FGSM/PGD and time per step as a ratio of the bare forward+backward floor.
 
     python benchmarks/fooling.py [--quick]
 """
@@ -46,6 +46,7 @@ def main() -> None:
     out = {"machine": machine(), "model": clf.id, "images": x.shape[0], "table": {}}
 
     runs = {"ascent": dict(method="ascent"),
+            "lab (as written)": dict(method="lab"),
             "pgd eps=2/255": dict(method="pgd", eps=2 / 255, steps=20),
             "pgd eps=4/255": dict(method="pgd", eps=4 / 255, steps=20),
             "pgd eps=8/255": dict(method="pgd", eps=8 / 255, steps=20)}
@@ -61,6 +62,18 @@ def main() -> None:
         out["table"][name] = s
         print(f"{name:16s} {s['success']:8.0%} {s['median_steps']:9.1f} {s['median_linf_255']:8.1f} "
               f"{s['mean_linf_255']:9.2f} {s['mean_l2']:8.3f} {s['median_psnr']:8.1f} {dt:6.2f}", flush=True)
+
+    # the two ascents on other inputs: the photos and their mirror images, twice, with seeded random targets
+    xr = torch.cat([photos, photos.flip(-1)] * 2)
+    tr = torch.randint(0, 1000, (xr.shape[0],), generator=torch.Generator().manual_seed(123))
+    out["random_targets"] = {}
+    print(f"\nrandom targets on {xr.shape[0]} images (photos and mirrors)")
+    for name in ("ascent", "lab"):
+        s = summarize(fool(clf, xr, tr, method=name))
+        out["random_targets"][name] = s
+        print(f"  {name:8s} success {s['success']:.0%}  median steps {s['median_steps']:.1f}  mean Linf "
+              f"{s['mean_linf_255']:.2f}/255  mean L2 {s['mean_l2']:.3f}  median PSNR {s['median_psnr']:.1f}",
+              flush=True)
 
     # CW-L2 against PGD-L2 on the same images
     sub = slice(0, 6) if args.quick else slice(None)

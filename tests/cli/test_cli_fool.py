@@ -30,3 +30,17 @@ def test_fool_pgd_untargeted_with_check_model(capsys, tmp_path):
     assert rec["transfer_success"] is True  # the same model: transfer is certain
     code = main(["fool", img, "--target", "stingrey", "-o", str(tmp_path / "x")])
     assert code == 2 and "closest names" in capsys.readouterr().err
+
+
+def test_fool_lab_recipe_and_ascent_options(capsys, tmp_path):
+    img = str(fv.samples.path("chelsea"))
+    code = main(["fool", img, "--target", "gorilla", "--method", "ascent", "--eps", str(2 / 255), "--score",
+                 "logit", "-o", str(tmp_path / "a"), "--json"])
+    rec = json.loads(capsys.readouterr().out)["results"][0]
+    assert code == 0 and rec["success"] and rec["linf_255"] <= 2 and rec["predicted"] == 366
+    code = main(["fool", img, "--target", "gorilla", "--method", "lab", "-o", str(tmp_path / "b"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["method"] == "lab" and out["results"][0]["success"]
+    code = main(["fool", img, "--method", "pgd", "--score", "logit", "-o", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--score applies to --method ascent only" in err and len(err.strip().splitlines()) == 1

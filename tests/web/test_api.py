@@ -71,6 +71,10 @@ def test_saliency_and_fool_jobs(client):
     r = client.post("/api/fool", data={"sample": "chelsea", "target": "stingray"})
     job = wait(client, r.json()["id"])
     assert job["status"] == "done" and job["result"]["success"] and job["result"]["predicted"] == 6
+    assert job["result"]["linf_255"] <= 3  # the default ascent's cap
+    r = client.post("/api/fool", data={"sample": "coffee", "target": "none", "method": "pgd"})
+    job = wait(client, r.json()["id"])
+    assert job["status"] == "done" and job["result"]["success"] and job["result"]["predicted"] != 967
 
 
 def test_visualize_streams_progress_and_can_be_cancelled(client):
@@ -110,6 +114,7 @@ def test_page_is_served_without_external_resources(client):
     assert r.status_code == 200 and "<title>featvis</title>" in r.text
     assert "http://" not in r.text and "https://" not in r.text and "<link" not in r.text
     assert client.get("/api/methods").json()[0] in fv.attribution.methods()
+    assert {"ascent", "lab", "pgd"} <= set(client.get("/api/attacks").json())
 
 
 def test_finished_jobs_expire(clf):

@@ -52,6 +52,7 @@ def test_page_classifies_explains_fools_and_visualizes(server, tmp_path):
             page.click("#sal-dl a:text('overlay.png')")
         assert dl.value.suggested_filename.endswith("overlay.png")
         page.fill("#target", "stingray")
+        assert page.input_value("#attack") == "ascent" and page.locator("#attack option").count() >= 5
         page.click("#run-fool")
         page.wait_for_selector("#fool-img:not([hidden])", timeout=120000)
         assert page.inner_text("#fool-status").startswith("fooled: now stingray")

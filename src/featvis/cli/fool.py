@@ -27,6 +27,7 @@ from featvis.cli._common import (
     load_classifier,
     out_console,
 )
+from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
 
 CSV_FIELDS = ["image", "method", "success", "steps", "original_class", "original_name", "target", "target_name",
@@ -40,9 +41,11 @@ def fool(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)],
     target: Annotated[str, typer.Option("--target", "-t", help="Class index or name, 'random', or 'none' "
                                         "(untargeted).")] = "random",
-    method: Annotated[str, typer.Option(help="ascent (the lab), fgsm, pgd or cw.")] = "ascent",
-    eps: Annotated[float | None, typer.Option(help="Budget for fgsm/pgd in [0, 1] units (e.g. 0.0314 = 8/255).")]
-    = None,
+    method: Annotated[str, typer.Option(help="ascent (the lab's step, capped), lab (as written), fgsm, pgd or "
+                                        "cw.")] = "ascent",
+    eps: Annotated[float | None, typer.Option(help="Budget in [0, 1] units (e.g. 0.0314 = 8/255): fgsm/pgd, or "
+                                              "ascent's cap per pixel (3/255; 'inf' for none).")] = None,
+    score: Annotated[str | None, typer.Option(help="ascent: log-prob (default) or logit (the lab's).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Maximum steps (ascent: 100, pgd: 20, cw: per c).")]
     = None,
     lr: Annotated[float | None, typer.Option(help="Step length for ascent / Adam rate for cw.")] = None,
@@ -76,9 +79,18 @@ def fool(
     other = load_classifier(check_model, device) if check_model else None
     options = {"seed": seed}
     if steps is not None:
-        options["max_steps" if name == "ascent" else "steps"] = steps
-    if lr is not None and name in ("ascent", "cw"):
+        options["max_steps" if name in ("ascent", "lab") else "steps"] = steps
+    if lr is not None and name in ("ascent", "lab", "cw"):
         options["lr"] = lr
+    if score is not None and name != "ascent":
+        raise FeatvisError(f"--score applies to --method ascent only, not {name}")
+    if eps is not None and name not in ("ascent", "fgsm", "pgd"):
+        raise FeatvisError(f"--eps applies to ascent, fgsm and pgd, not {name}")
+    if name == "ascent":
+        if eps is not None:
+            options["eps"] = eps
+        if score is not None:
+            options["score"] = score
     if name in ("fgsm", "pgd"):
         options["norm"] = norm
         if eps is not None:

@@ -64,9 +64,11 @@ def saliency(d: Path, m: dict) -> Section:
 def fool(d: Path, m: dict) -> Section:
     res = _results(d)
     s = Section("Fooling images", _anchor(d, "fool"),
-                "Each photo is changed, imperceptibly, until the model calls it the target class. The lab's method "
-                "climbs the target's score with normalized gradient steps and stops as soon as the saved 8-bit image "
-                "is classified as the target. Panels: original, fooled image, the difference around grey, and the "
+                "Each photo is changed, imperceptibly, until the model calls it the target class. The default "
+                "(ascent) takes the lab's normalized gradient steps on the target's log-probability, keeps every "
+                "pixel within 3/255 of the original, and stops as soon as the saved 8-bit image is classified as "
+                "the target (method 'lab' is the lab's recipe as written: the logit, no cap). "
+                "Panels: original, fooled image, the difference around grey, and the "
                 "difference magnified ten times. L∞ is the largest change of any pixel (0–255 units), L2 the size "
                 "of the whole change in [0, 1] units; PSNR above 40 dB is invisible to most people.", m)
     for r in res["results"]:

@@ -81,6 +81,12 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
 
         return ATTRIBUTIONS.names()
 
+    @app.get("/api/attacks")
+    def attacks() -> list[str]:
+        from featvis.adversarial import ATTACKS
+
+        return ATTACKS.names()
+
     @app.get("/api/health")
     def health() -> dict:
         return {"model": clf.id, "classes": len(clf.labels), "input_size": clf.input_size}
@@ -139,7 +145,7 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
         name = ATTACKS.canonical(method)
         x = await read_image(file, sample)
         tgt = target if target.lower() in ("random", "none") else clf.labels.lookup(target)
-        steps = 100 if name == "ascent" else 20
+        steps = 100 if name in ("ascent", "lab") else 20
 
         def work(job: Job) -> None:
             from featvis.figures import figure_png, fooling_panels
