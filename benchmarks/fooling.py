@@ -49,7 +49,8 @@ def main() -> None:
             "lab (as written)": dict(method="lab"),
             "pgd eps=2/255": dict(method="pgd", eps=2 / 255, steps=20),
             "pgd eps=4/255": dict(method="pgd", eps=4 / 255, steps=20),
-            "pgd eps=8/255": dict(method="pgd", eps=8 / 255, steps=20)}
+            "pgd eps=8/255": dict(method="pgd", eps=8 / 255, steps=20),
+            "mifgsm eps=8/255": dict(method="mifgsm", eps=8 / 255)}
     results = {}
     print(f"{'attack':16s} {'success':>8s} {'med steps':>9s} {'med Linf':>8s} {'mean Linf':>9s} {'mean L2':>8s} "
           f"{'med PSNR':>8s} {'s/img':>6s}")
@@ -84,6 +85,17 @@ def main() -> None:
     for name, s in out["cw_vs_pgd_l2"].items():
         print(f"  {name:14s} success {s['success']:.0%}  mean L2 {s['mean_l2']:.3f}  "
               f"mean Linf {s['mean_linf_255']:.1f}/255")
+
+    # untargeted minimal changes: DeepFool against CW-L2 and early-stopped PGD-L2 on the six photos
+    out["untargeted_l2"] = {}
+    print("\nuntargeted, smallest change (six photos)")
+    for name, kw in {"deepfool": dict(method="deepfool"), "cw": dict(method="cw", steps=50, search_steps=4),
+                     "pgd-l2 eps=1": dict(method="pgd", norm="l2", eps=1.0, steps=10)}.items():
+        t0 = time.perf_counter()
+        s = summarize(fool(clf, photos, None, **kw)) | {"s_per_image": (time.perf_counter() - t0) / photos.shape[0]}
+        out["untargeted_l2"][name] = s
+        print(f"  {name:14s} success {s['success']:.0%}  mean L2 {s['mean_l2']:.3f}  mean Linf "
+              f"{s['mean_linf_255']:.1f}/255  {s['s_per_image']:.2f} s/img", flush=True)
 
     # transfer to Lite2
     try:

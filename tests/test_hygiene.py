@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import featvis as fv
+from featvis.adversarial import ATTACKS
 from featvis.attribution import ATTRIBUTIONS
 
 from _models import TinyConvNet
@@ -48,3 +49,24 @@ def test_method_cleans_up_after_an_exception(name, monkeypatch):
         ATTRIBUTIONS.get(name)(clf, torch.rand(1, 3, 32, 32), 0, **FAST.get(name, {}))
     monkeypatch.undo()
     assert _state(net) == before
+
+
+ATTACK_FAST = {"ascent": {"max_steps": 3}, "lab": {"max_steps": 3}, "pgd": {"steps": 3}, "mifgsm": {"steps": 3},
+               "cw": {"steps": 3, "search_steps": 2}, "deepfool": {"steps": 3, "candidates": 3}}
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_attack_leaves_no_trace(name):
+    """Every attack: model mode, requires_grad and .grad as found; the user's images untouched."""
+    net = TinyConvNet().train()
+    net.conv1.weight.requires_grad_(False)
+    clf = fv.Classifier.wrap(net, labels=list("abcd"), input_size=32)
+    clf.train()
+    before = _state(net)
+    x = fv.quantize(torch.rand(2, 3, 32, 32))
+    copy = x.clone()
+    res = ATTACKS.get(name)(clf, x, None, **ATTACK_FAST.get(name, {}))
+    assert res.images.shape == x.shape and torch.isfinite(res.images).all()
+    assert 0 <= res.images.min() and res.images.max() <= 1
+    assert _state(net) == before
+    assert torch.equal(x, copy) and not x.requires_grad and x.grad is None

@@ -43,4 +43,4 @@ def test_fool_lab_recipe_and_ascent_options(capsys, tmp_path):
     assert code == 0 and out["method"] == "lab" and out["results"][0]["success"]
     code = main(["fool", img, "--method", "pgd", "--score", "logit", "-o", str(tmp_path / "c")])
     err = capsys.readouterr().err
-    assert code == 2 and "--score applies to --method ascent only" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--score does not apply to --method pgd" in err and len(err.strip().splitlines()) == 1

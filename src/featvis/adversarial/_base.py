@@ -66,8 +66,12 @@ def prepare(clf, images: torch.Tensor) -> torch.Tensor:
 def step_loop(clf, original: torch.Tensor, targets: torch.Tensor | None, original_classes: torch.Tensor, *,
               start: torch.Tensor, step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
               max_steps: int, loss: str, early_stop: bool = True, straight_through: bool = True,
-              callback: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              callback: Callable[[int, int], None] | None = None, with_rows: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Iterate `x ← step(x, grad, original)` on a batch; returns (raw adversarial [B, 3, H, W], steps [B]).
+
+    `with_rows`: also pass the batch indices of the images still running (`step(x, grad, original, rows)`), for
+    attacks that keep per-image state such as momentum.
 
     With `straight_through` (default) the model always sees the 8-bit version of the current image and the
     gradient taken there updates the float image: one forward+backward per step also tells whether the image
@@ -94,7 +98,8 @@ def step_loop(clf, original: torch.Tensor, targets: torch.Tensor | None, origina
             keep = ~ok
             rest = active[keep]
             with torch.no_grad():
-                x[rest] = step(x[rest], grad[keep], original[rest])
+                x[rest] = (step(x[rest], grad[keep], original[rest], rest) if with_rows
+                           else step(x[rest], grad[keep], original[rest]))
             active = rest
             if callback is not None:
                 callback(k + 1, len(active))

@@ -95,3 +95,31 @@ def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, nor
                            step=lambda cur, g, orig: project(cur + alpha * _direction(g, norm), orig, eps, norm))
     return finish("pgd", clf, x, raw, targets, original, taken,
                   {"eps": eps, "norm": norm, "alpha": alpha, "steps": steps, "random_start": random_start}, probs)
+
+
+@ATTACKS.register("mifgsm", aliases=("mi-fgsm", "momentum"))
+def mifgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, alpha: float | None = None,
+           steps: int = 10, decay: float = 1.0, seed: int = 0, early_stop: bool = True, straight_through: bool = True,
+           callback=None) -> FoolingResult:
+    """Momentum iterative FGSM (Dong et al. 2018), the transfer-oriented L∞ attack: the step follows the sign of
+    an accumulated gradient `g ← μ·g + ∇/‖∇‖₁`, projected onto the ε-ball and [0, 1] after each step.
+
+    Args:
+        eps: L∞ budget in [0, 1] pixel units (8/255 by default).
+        alpha: step size (default ε/steps, as in the paper; torchattacks uses 2/255).
+        steps: iterations (10, as in the paper).
+        decay: momentum μ (1.0, as in the paper).
+    """
+    alpha = eps / steps if alpha is None else alpha
+    x = prepare(clf, images)
+    targets, original, probs = resolve_attack_targets(clf, x, target, seed)
+    momentum = torch.zeros_like(x)
+
+    def step(cur, g, orig, rows):
+        momentum[rows] = decay * momentum[rows] + g / per_image(g.abs().flatten(1).sum(1).clamp_min(1e-12))
+        return project(cur + alpha * momentum[rows].sign(), orig, eps, "linf")
+
+    raw, taken = step_loop(clf, x, targets, original, start=x, max_steps=steps, loss="ce", early_stop=early_stop,
+                           straight_through=straight_through, callback=callback, step=step, with_rows=True)
+    return finish("mifgsm", clf, x, raw, targets, original, taken,
+                  {"eps": eps, "alpha": alpha, "steps": steps, "decay": decay}, probs)

@@ -39,17 +39,18 @@ CSV_FIELDS = ["image", "method", "success", "steps", "original_class", "original
 @app.command()
 def fool(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)],
-    target: Annotated[str, typer.Option("--target", "-t", help="Class index or name, 'random', or 'none' "
-                                        "(untargeted).")] = "random",
-    method: Annotated[str, typer.Option(help="ascent (the lab's step, capped), lab (as written), fgsm, pgd or "
-                                        "cw.")] = "ascent",
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Class index or name, 'random' (the "
+                                               "default; deepfool: 'none'), or 'none' (untargeted).",
+                                               show_default=False)] = None,
+    method: Annotated[str, typer.Option(help="ascent (the lab's step, capped), lab (as written), fgsm, pgd, "
+                                        "mifgsm, cw or deepfool.")] = "ascent",
     eps: Annotated[float | None, typer.Option(help="Budget in [0, 1] units (e.g. 0.0314 = 8/255): fgsm/pgd, or "
                                               "ascent's cap per pixel (3/255; 'inf' for none).")] = None,
     score: Annotated[str | None, typer.Option(help="ascent: log-prob (default) or logit (the lab's).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Maximum steps (ascent: 100, pgd: 20, cw: per c).")]
     = None,
     lr: Annotated[float | None, typer.Option(help="Step length for ascent / Adam rate for cw.")] = None,
-    norm: Annotated[str, typer.Option(help="linf or l2 (fgsm, pgd).")] = "linf",
+    norm: Annotated[str | None, typer.Option(help="linf (default) or l2 (fgsm, pgd).", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="For --target random and random starts.")] = 0,
     model: ModelOpt = DEFAULT_MODEL,
     check_model: Annotated[str | None, typer.Option(help="A second model to test transfer on.")] = None,
@@ -71,30 +72,14 @@ def fool(
 
     ui = Ui(quiet=quiet, json=json)
     name = ATTACKS.canonical(method)
+    target = target if target is not None else "none" if name == "deepfool" else "random"
     tgt = None if target.strip().lower() == "none" else target
     files = image_files(images)
     clf = load_classifier(model, device, weights, trust_checkpoint)
     if tgt is not None and tgt.strip().lower() != "random":
         clf.labels.lookup(tgt)
     other = load_classifier(check_model, device) if check_model else None
-    options = {"seed": seed}
-    if steps is not None:
-        options["max_steps" if name in ("ascent", "lab") else "steps"] = steps
-    if lr is not None and name in ("ascent", "lab", "cw"):
-        options["lr"] = lr
-    if score is not None and name != "ascent":
-        raise FeatvisError(f"--score applies to --method ascent only, not {name}")
-    if eps is not None and name not in ("ascent", "fgsm", "pgd"):
-        raise FeatvisError(f"--eps applies to ascent, fgsm and pgd, not {name}")
-    if name == "ascent":
-        if eps is not None:
-            options["eps"] = eps
-        if score is not None:
-            options["score"] = score
-    if name in ("fgsm", "pgd"):
-        options["norm"] = norm
-        if eps is not None:
-            options["eps"] = eps
+    options = {"seed": seed} | _attack_options(name, steps=steps, lr=lr, eps=eps, score=score, norm=norm)
     job = Job.open(output, "fool", {"model": model, "method": name, "target": target, "options": options,
                                     "check_model": check_model}, clf=clf, seed=seed, overwrite=overwrite)
     keys = {item_key(f): f for f in files}
@@ -140,6 +125,29 @@ def fool(
         out_console.print(table)
         ui.info(f"success {summary['success_rate']:.0%}; fooled PNGs and figures in {job.out_dir}")
     return 1 if failed else 0
+
+
+# which CLI option each attack takes, and under which keyword
+_OPTION_KEYS = {"steps": {"ascent": "max_steps", "lab": "max_steps", "pgd": "steps", "mifgsm": "steps", "cw": "steps",
+                          "deepfool": "steps"},
+                "lr": {"ascent": "lr", "lab": "lr", "cw": "lr"},
+                "eps": {"ascent": "eps", "fgsm": "eps", "pgd": "eps", "mifgsm": "eps"},
+                "score": {"ascent": "score"},
+                "norm": {"fgsm": "norm", "pgd": "norm"}}
+
+
+def _attack_options(name: str, **given) -> dict:
+    """The keyword arguments for attack `name` from the CLI options given; an option it does not take is an error
+    (silently ignoring `--eps` would report a budget that was never applied)."""
+    options = {}
+    for opt, value in given.items():
+        if value is None:
+            continue
+        takers = _OPTION_KEYS[opt]
+        if name not in takers:
+            raise FeatvisError(f"--{opt} does not apply to --method {name}; it applies to {', '.join(takers)}")
+        options[takers[name]] = value
+    return options
 
 
 def _summary(records: list[dict]) -> dict:

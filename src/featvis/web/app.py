@@ -144,13 +144,15 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
 
         name = ATTACKS.canonical(method)
         x = await read_image(file, sample)
-        tgt = target if target.lower() in ("random", "none") else clf.labels.lookup(target)
-        steps = 100 if name in ("ascent", "lab") else 20
+        tgt = target.lower() if target.lower() in ("random", "none") else clf.labels.lookup(target)
+        if name == "deepfool" and tgt == "random":
+            tgt = "none"  # deepfool is untargeted
+        steps = {"ascent": 100, "lab": 100, "mifgsm": 10, "deepfool": 50, "cw": 500}.get(name, 20)
 
         def work(job: Job) -> None:
             from featvis.figures import figure_png, fooling_panels
 
-            opts = {} if name == "fgsm" else {"callback": lambda k, active: job.report(k / steps, step=k)}
+            opts = {} if name == "fgsm" else {"callback": lambda k, active: job.report(min(k / steps, 1.0), step=k)}
             res = run(clf, x, None if tgt == "none" else tgt, method=name, **opts)
             job.images["fooled.png"] = encode_png(res.images[0])
             job.images["panels.png"] = figure_png(fooling_panels(res), dpi=90)
