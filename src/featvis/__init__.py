@@ -9,7 +9,7 @@ Example:
 
 from featvis import samples
 from featvis._alloc import tune_allocator
-from featvis.adversarial import FoolingResult, fool
+from featvis.adversarial import FoolingResult, RobustnessResult, fool, robustness
 from featvis.attribution import explain, saliency
 from featvis.errors import FeatvisError
 from featvis.images import load_image, load_images, quantize, save_image
@@ -25,6 +25,7 @@ __all__ = [
     "FoolingResult",
     "Labels",
     "Prediction",
+    "RobustnessResult",
     "__version__",
     "available_models",
     "capture",
@@ -43,6 +44,7 @@ __all__ = [
     "objectives",
     "quantize",
     "render",
+    "robustness",
     "saliency",
     "samples",
     "save_image",

@@ -120,6 +120,28 @@ def sanity_curves(results: Sequence[object]) -> plt.Figure:
     return fig
 
 
+def robustness_curve(curves: Mapping[str, object]) -> plt.Figure:
+    """Fraction of images fooled against the budget ε (in 8-bit levels), one line per attack or model.
+
+    `curves`: name -> a RobustnessResult, or a dict with "eps" ([0, 1] units), "fooled_rate" and "norm".
+    """
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), constrained_layout=True)
+    norms = set()
+    for name, c in curves.items():
+        eps, rate, norm = (c["eps"], c["fooled_rate"], c["norm"]) if isinstance(c, Mapping) else \
+            (c.eps, c.fooled_rate, c.norm)
+        norms.add(norm)
+        scale = 255 if norm == "linf" else 1
+        ax.plot([0, *(e * scale for e in eps)], [0, *(100 * r for r in rate)], marker="o", ms=4, label=name)
+    linf = norms == {"linf"}
+    ax.set_xlabel("budget ε (L∞, 8-bit levels /255)" if linf else "budget ε (L2, [0, 1] units)")
+    ax.set_ylabel("images fooled (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
     """The figure as PNG bytes (for Jupyter's _repr_png_ and the web API); the figure is closed."""
     import io

@@ -1,6 +1,8 @@
 import csv
 import json
 
+import pytest
+
 import featvis as fv
 from featvis.cli import main
 
@@ -44,3 +46,25 @@ def test_fool_lab_recipe_and_ascent_options(capsys, tmp_path):
     code = main(["fool", img, "--method", "pgd", "--score", "logit", "-o", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert code == 2 and "--score does not apply to --method pgd" in err and len(err.strip().splitlines()) == 1
+
+
+def test_robustness_command_curve_and_resume(capsys, tmp_path, clf):
+    imgs = [str(fv.samples.path(n)) for n in ("chelsea", "coffee", "rocket")]
+    args = ["robustness", *imgs, "--eps", "1/255,0.0157", "--target", "random", "--steps", "5", "-o", str(tmp_path),
+            "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    curve = out["summary"]["curve"]
+    assert curve["eps"] == pytest.approx([1 / 255, 0.0157])
+    rates = curve["fooled_rate"]
+    assert rates == sorted(rates) and rates[-1] > 0  # monotone: a change within 1/255 is within 4/255 too
+    for rec in out["results"]:
+        if rec["fooled"]:  # the saved PNG is within its budget and does what the record says
+            png = fv.load_image(tmp_path / rec["fooled_png"], clf)
+            orig = fv.load_image(rec["image"], clf)
+            assert (png - orig).abs().max() <= rec["min_eps"] + 1e-6
+            assert clf.predict(png, k=1)[0][0].index == rec["target"] == rec["predicted"]
+    assert (tmp_path / "curve.png").exists() and (tmp_path / "manifest.json").exists()
+    assert main(args) == 0 and json.loads(capsys.readouterr().out)["skipped"] == 3  # resumed, nothing redone
+    assert main(["robustness", imgs[0], "--method", "cw", "-o", str(tmp_path / "x")]) == 2
+    assert "needs an attack with a budget" in capsys.readouterr().err

@@ -54,7 +54,8 @@ def test_quick_demo_report_is_complete_and_consistent(demo_dir):
     text = (demo_dir / "index.html").read_text()
     page.feed(text)
     kinds = [s.split("-")[0] for s in page.sections]
-    assert kinds == ["classify", "saliency", "fool", "classvis", "classvis", "features", "features", "features"]
+    assert kinds == ["classify", "saliency", "fool", "robustness", "classvis", "classvis", "features", "features",
+                     "features"]
     assert not page.links and "http://" not in text and "https://" not in text  # nothing fetched from outside
     for src in page.imgs:  # every referenced image exists beside the page and decodes
         Image.open(demo_dir / src).verify()
@@ -65,6 +66,10 @@ def test_quick_demo_report_is_complete_and_consistent(demo_dir):
     fool_rows = [r for r in rows if len(r) == 9 and r[0] != "image"]
     assert [int(r[5]) for r in fool_rows] == [r["steps"] for r in fool["results"]]
     assert [float(r[7]) for r in fool_rows] == pytest.approx([r["l2"] for r in fool["results"]], abs=1e-3)
+    rob = json.loads((demo_dir / "runs" / "robustness" / "results.json").read_text())
+    shares = [r for r in page.tables["share fooled"] if r[0] != "budget ε"]
+    assert [r[0] for r in shares] == ["1/255", "2/255"]
+    assert [float(r[1].rstrip("%")) / 100 for r in shares] == pytest.approx(rob["summary"]["curve"]["fooled_rate"])
     sal = json.loads((demo_dir / "runs" / "saliency" / "results.json").read_text())
     auc = {r[0]: (float(r[1]), float(r[2])) for r in page.tables["mean AUC over the images"][1:]}
     for method, v in sal["mean_auc"].items():

@@ -17,6 +17,7 @@ import torch
 from featvis.adversarial import ascent, cw, deepfool, pgd  # noqa: F401 (registers)
 from featvis.adversarial._base import ATTACKS
 from featvis.adversarial.result import FoolingResult
+from featvis.adversarial.robustness import RobustnessResult, robustness
 
 
 def fool(clf, images: torch.Tensor, target="random", *, method: str = "ascent", check_model=None,
@@ -53,4 +54,4 @@ def with_transfer(result: FoolingResult, other) -> FoolingResult:
                                      "changed": pred != before})
 
 
-__all__ = ["ATTACKS", "FoolingResult", "fool", "with_transfer"]
+__all__ = ["ATTACKS", "FoolingResult", "RobustnessResult", "fool", "robustness", "with_transfer"]

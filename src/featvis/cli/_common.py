@@ -95,6 +95,19 @@ def load_classifier(model: str, device: str, weights: Path | None = None, trust:
     return load_model(model, device=pick_device(device), weights=weights, trust_checkpoint=trust)
 
 
+def parse_budget(text: str) -> float:
+    """A budget in [0, 1] pixel units: "0.0314", "8/255" or "inf"."""
+    t = text.strip().lower()
+    try:
+        value = float(t[:-4]) / 255 if t.endswith("/255") else float(t)
+    except ValueError:
+        raise FeatvisError(f"cannot read budget {text!r}; write it in [0, 1] units (0.0314) or in 8-bit levels "
+                           "(8/255)") from None
+    if not value > 0:
+        raise FeatvisError(f"budget {text!r} must be positive")
+    return value
+
+
 def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(items), size):
         yield items[i:i + size]

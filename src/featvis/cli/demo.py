@@ -24,10 +24,10 @@ def demo_plan(quick: bool) -> dict:
     if quick:
         return {"photos": ["chelsea", "coffee"], "methods": "gradient,gradcam", "metric_steps": 8,
                 "classes": DEMO_CLASSES[:2], "class_size": 64, "lab_steps": 20, "lucid_steps": 20,
-                "channels": "0,1", "feature_size": 48, "feature_steps": 10}
+                "channels": "0,1", "feature_size": 48, "feature_steps": 10, "budgets": "1/255,2/255"}
     return {"photos": None, "methods": "gradient,smoothgrad,integrated-gradients,gradcam", "metric_steps": None,
             "classes": DEMO_CLASSES, "class_size": 224, "lab_steps": 100, "lucid_steps": 200,
-            "channels": "0,1,2,3", "feature_size": 128, "feature_steps": 128}
+            "channels": "0,1,2,3", "feature_size": 128, "feature_steps": 128, "budgets": "1/255,2/255,3/255,4/255"}
 
 
 @app.command()
@@ -56,6 +56,7 @@ def demo(
         ("saliency", lambda d: saliency.saliency(photos, method=plan["methods"], metrics=True,
                                                  metric_steps=plan["metric_steps"], output=d, **common)),
         ("fool", lambda d: fool.fool(photos, target="stingray", method="ascent", output=d, **common)),
+        ("robustness", lambda d: fool.robustness(photos, eps=plan["budgets"], target="random", output=d, **common)),
         ("classvis-lab", lambda d: optvis.classvis(plan["classes"], preset="lab", steps=plan["lab_steps"],
                                                    size=plan["class_size"], output=d, **common)),
         ("classvis-lucid", lambda d: optvis.classvis(plan["classes"], preset="lucid", steps=plan["lucid_steps"],

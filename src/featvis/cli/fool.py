@@ -26,6 +26,7 @@ from featvis.cli._common import (
     load_batch,
     load_classifier,
     out_console,
+    parse_budget,
 )
 from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
@@ -44,8 +45,9 @@ def fool(
                                                show_default=False)] = None,
     method: Annotated[str, typer.Option(help="ascent (the lab's step, capped), lab (as written), fgsm, pgd, "
                                         "mifgsm, cw or deepfool.")] = "ascent",
-    eps: Annotated[float | None, typer.Option(help="Budget in [0, 1] units (e.g. 0.0314 = 8/255): fgsm/pgd, or "
-                                              "ascent's cap per pixel (3/255; 'inf' for none).")] = None,
+    eps: Annotated[str | None, typer.Option(help="Budget in [0, 1] units or 8-bit levels (0.0314 or 8/255): fgsm, "
+                                            "pgd, mifgsm, or ascent's cap per pixel (3/255; 'inf' for none).",
+                                            show_default=False)] = None,
     score: Annotated[str | None, typer.Option(help="ascent: log-prob (default) or logit (the lab's).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Maximum steps (ascent: 100, pgd: 20, cw: per c).")]
     = None,
@@ -79,7 +81,8 @@ def fool(
     if tgt is not None and tgt.strip().lower() != "random":
         clf.labels.lookup(tgt)
     other = load_classifier(check_model, device) if check_model else None
-    options = {"seed": seed} | _attack_options(name, steps=steps, lr=lr, eps=eps, score=score, norm=norm)
+    options = {"seed": seed} | _attack_options(name, steps=steps, lr=lr, eps=None if eps is None else parse_budget(eps),
+                                               score=score, norm=norm)
     job = Job.open(output, "fool", {"model": model, "method": name, "target": target, "options": options,
                                     "check_model": check_model}, clf=clf, seed=seed, overwrite=overwrite)
     keys = {item_key(f): f for f in files}
@@ -165,3 +168,100 @@ def _summary(records: list[dict]) -> dict:
             "reloaded_agrees": all(r["reloaded_predicted"] == r["predicted"] for r in records),
             "transfer_rate": (sum(r["transfer_success"] for r in records) / len(records)
                               if "transfer_success" in records[0] else None)}
+
+
+ROBUSTNESS_FIELDS = ["image", "method", "norm", "fooled", "min_eps", "min_eps_255", "original_class", "original_name",
+                     "target", "target_name", "predicted", "predicted_name"]
+
+
+@app.command()
+def robustness(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)],
+    eps: Annotated[str, typer.Option(help="Budgets, comma-separated, in [0, 1] units or 8-bit levels.")]
+    = "1/255,2/255,3/255,4/255,6/255,8/255",
+    method: Annotated[str, typer.Option(help="pgd, fgsm, mifgsm or ascent.")] = "pgd",
+    target: Annotated[str, typer.Option("--target", "-t", help="'none' (make the model change its mind), a class, "
+                                        "or 'random'.")] = "none",
+    norm: Annotated[str, typer.Option(help="linf, or l2 for fgsm/pgd (then --eps is an L2 size).")] = "linf",
+    steps: Annotated[int | None, typer.Option(min=1, help="Attack steps per budget.")] = None,
+    seed: Annotated[int, typer.Option(help="For --target random.")] = 0,
+    model: ModelOpt = DEFAULT_MODEL,
+    output: OutOpt = Path("featvis-robustness"),
+    batch_size: BatchOpt = 8,
+    weights: WeightsOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> int:
+    """How easily is the model fooled: the share of images fooled at each budget and each image's smallest
+    fooling budget (curve.png, results.csv/json, the fooled PNG at that budget, manifest; resumable)."""
+    from featvis.adversarial import ATTACKS
+    from featvis.adversarial import robustness as measure
+    from featvis.figures import robustness_curve, save_figure
+    from featvis.images import image_files, save_image
+    from featvis.runs import Job, atomic_write_json, atomic_write_text, item_key
+
+    ui = Ui(quiet=quiet, json=json)
+    name = ATTACKS.canonical(method)
+    grid = sorted({parse_budget(e) for e in eps.split(",") if e.strip()})
+    tgt = None if target.strip().lower() == "none" else target
+    files = image_files(images)
+    clf = load_classifier(model, device, weights, trust_checkpoint)
+    if tgt is not None and tgt.strip().lower() != "random":
+        clf.labels.lookup(tgt)
+    options = _attack_options(name, steps=steps)
+    job = Job.open(output, "robustness", {"model": model, "method": name, "norm": norm, "eps": grid,
+                                          "target": target, "options": options}, clf=clf, seed=seed,
+                   overwrite=overwrite)
+    keys = {item_key(f): f for f in files}
+    todo = job.pending(list(keys))
+    if job.skipped:
+        ui.info(f"resuming: {job.skipped} of {len(keys)} images already done in {output}")
+    failed = []
+    with ui.progress(f"robustness ({name})", len(todo)) as advance:
+        for batch_keys in chunks(todo, batch_size):
+            good, x, bad = load_batch([keys[k] for k in batch_keys], clf, ui)
+            failed += bad
+            if x is None:
+                continue
+            with job.timed("attack"):
+                res = measure(clf, x, tgt, eps=grid, method=name, norm=norm, seed=seed, **options)
+            for i, (path, rec) in enumerate(zip(good, res.records(), strict=True)):
+                key = item_key(path)
+                if rec["fooled"]:
+                    save_image(res.images[i], job.out_dir / "fooled" / f"{key}.png")
+                    rec["fooled_png"] = f"fooled/{key}.png"
+                job.done(key, rec | {"image": str(path)})
+            advance(len(batch_keys))
+    records = [job.record(k) for k in keys if job.is_done(k)]
+    n = max(len(records), 1)
+    curve = {"eps": grid, "norm": norm,
+             "fooled_rate": [sum(r["fooled"] and r["min_eps"] <= e + 1e-12 for r in records) / n for e in grid]}
+    save_figure(robustness_curve({f"{name} on {clf.name}": curve}), job.out_dir / "curve.png")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=ROBUSTNESS_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    atomic_write_text(job.out_dir / "results.csv", buf.getvalue())
+    import math
+    import statistics
+
+    med = statistics.median([r["min_eps"] if r["fooled"] else math.inf for r in records]) if records else math.inf
+    summary = {"images": len(records), "curve": curve, "fooled_rate_max_eps": curve["fooled_rate"][-1],
+               "median_min_eps": med if math.isfinite(med) else None}
+    atomic_write_json(job.out_dir / "results.json", {"model": clf.id, "method": name, "summary": summary,
+                                                     "figure": "curve.png", "results": records})
+    job.finish(images=len(keys), summary=summary)
+    ui.emit({"model": clf.id, "method": name, "summary": summary, "skipped": job.skipped, "results": records,
+             "failed": [{"image": str(p), "error": e} for p, e in failed]})
+    if not json and not quiet:
+        unit = "/255" if norm == "linf" else ""
+        scale = 255 if norm == "linf" else 1
+        table = Table("budget ε", "images fooled", title=f"{name} ({norm}) on {clf.id}, target {target}")
+        for e, r in zip(grid, curve["fooled_rate"], strict=True):
+            table.add_row(f"{e * scale:.3g}{unit}", f"{r:.0%}")
+        out_console.print(table)
+        ui.info(f"curve and per-image smallest budgets in {job.out_dir}")
+    return 1 if failed else 0

@@ -84,6 +84,30 @@ def fool(d: Path, m: dict) -> Section:
     return s
 
 
+def robustness(d: Path, m: dict) -> Section:
+    res = _results(d)
+    summ = res["summary"]
+    curve = summ["curve"]
+    linf = curve["norm"] == "linf"
+    target = m["params"].get("target")
+    goal = "change its prediction" if target in (None, "none") else f"predict the target ({target})"
+    s = Section("Robustness: how small a change fools it", _anchor(d, "robustness"),
+                f"The {res['method']} attack run at growing budgets ε; an image counts as fooled at ε when an image "
+                f"within ε of it, saved as 8-bit PNG, makes the model {goal}. The curve is the share of images "
+                "fooled at each budget" + (" (ε in 8-bit levels: 1/255 is the smallest visible-in-principle "
+                                           "change)." if linf else " (L2 size of the change in [0, 1] units)."), m)
+    s.figures.append((d / res["figure"], "images fooled against the budget"))
+    scale, unit = (255, "/255") if linf else (1, "")
+    s.tables.append(("share fooled", ["budget ε", "images fooled"],
+                     [[f"{e * scale:.3g}{unit}", f"{r:.0%}"] for e, r in zip(curve["eps"], curve["fooled_rate"],
+                                                                            strict=True)]))
+    s.tables.append(("per image", ["image", "was", "target", "now", "smallest fooling ε"],
+                     [[Path(r["image"]).name, r["original_name"], r["target_name"] or "(untargeted)",
+                       r["predicted_name"], f"{r['min_eps'] * scale:.3g}{unit}" if r["fooled"] else "not fooled"]
+                      for r in res["results"]]))
+    return s
+
+
 def _gallery(d: Path, m: dict, title: str, command: str, intro: str) -> Section:
     res = _results(d)
     s = Section(title, _anchor(d, command), intro, m)
@@ -124,5 +148,5 @@ def sanity(d: Path, m: dict) -> Section:
 
 
 SECTIONS: dict[str, Callable[[Path, dict], Section]] = {
-    "classify": classify, "saliency": saliency, "fool": fool, "classvis": classvis, "features": features,
-    "sanity": sanity}
+    "classify": classify, "saliency": saliency, "fool": fool, "robustness": robustness, "classvis": classvis,
+    "features": features, "sanity": sanity}

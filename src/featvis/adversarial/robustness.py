@@ -1,0 +1,115 @@
+"""How easily is the model fooled? The fraction of images fooled at each budget ε, and for every image the
+smallest budget on a grid that fools it (foolbox's `epsilons=[...]`, Captum's `MinParamPerturbation`), judged on
+the saved 8-bit images like every featvis attack."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from featvis.adversarial._base import ATTACKS, prepare, resolve_attack_targets
+from featvis.errors import FeatvisError
+
+EPS_255 = (1, 2, 3, 4, 6, 8)  # whole 8-bit levels: on an 8-bit original the saved image stays inside each
+BUDGETED = ("fgsm", "pgd", "mifgsm", "ascent")
+
+
+@dataclass(frozen=True)
+class RobustnessResult:
+    """Per image: the smallest ε on the grid at which the attack fooled it (inf: none did), and the fooled
+    image found there; over the batch: the fraction fooled at every ε (a budget that fools at ε also fools at
+    every larger ε, since its image lies in their balls too)."""
+
+    method: str
+    norm: str
+    eps: list[float]  # ascending, [0, 1] pixel units
+    min_eps: torch.Tensor  # [B], inf where no ε on the grid fooled the image
+    images: torch.Tensor  # [B, 3, H, W]: the fooled image at min_eps (the original where none)
+    original_classes: torch.Tensor
+    predicted: torch.Tensor  # [B] the model's prediction on `images`
+    targets: torch.Tensor | None
+    labels: list[str] = field(repr=False, default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def fooled_rate(self) -> list[float]:
+        """Fraction of the images fooled at each ε (for untargeted attacks 1 − robust accuracy)."""
+        return [float((self.min_eps <= e + 1e-12).float().mean()) for e in self.eps]
+
+    @property
+    def median_min_eps(self) -> float:
+        return float(self.min_eps.median())
+
+    def records(self) -> list[dict]:
+        rows = []
+        for i in range(self.min_eps.shape[0]):
+            m = float(self.min_eps[i])
+            t = None if self.targets is None else int(self.targets[i])
+            rows.append({"method": self.method, "norm": self.norm, "fooled": math.isfinite(m),
+                         "min_eps": m if math.isfinite(m) else None,
+                         "min_eps_255": round(m * 255, 3) if math.isfinite(m) else None,
+                         "original_class": int(self.original_classes[i]),
+                         "original_name": self._name(int(self.original_classes[i])),
+                         "target": t, "target_name": None if t is None else self._name(t),
+                         "predicted": int(self.predicted[i]), "predicted_name": self._name(int(self.predicted[i]))})
+        return rows
+
+    def _name(self, i: int) -> str:
+        return self.labels[i] if self.labels else str(i)
+
+    def _repr_png_(self) -> bytes:
+        from featvis.figures import figure_png, robustness_curve
+
+        return figure_png(robustness_curve({self.method: self}))
+
+
+def robustness(clf, images: torch.Tensor, target=None, *, eps: Sequence[float] | None = None, method: str = "pgd",
+               norm: str = "linf", seed: int = 0, callback=None, **options) -> RobustnessResult:
+    """Run a budgeted attack at every ε (ascending) on the images not yet fooled; see RobustnessResult.
+
+    Args:
+        target: as for every attack; None (default) asks how often the model can be made to change its mind.
+        eps: budgets in [0, 1] pixel units (default 1, 2, 3, 4, 6, 8 /255).
+        method: fgsm, pgd (default), mifgsm (L∞) or ascent (its per-pixel cap is the budget).
+        norm: "linf", or "l2" for fgsm/pgd.
+        options: passed to the attack (e.g. steps=, alpha=, random_start=).
+        callback: called as callback(index of ε, images still unfooled).
+
+    Example:
+        >>> r = robustness(clf, x, eps=[1/255, 2/255, 4/255]); r.fooled_rate, r.min_eps * 255
+    """
+    name = ATTACKS.canonical(method)
+    if name not in BUDGETED:
+        raise FeatvisError(f"robustness needs an attack with a budget ({', '.join(BUDGETED)}), not {name!r}")
+    grid = sorted(float(e) for e in (eps if eps is not None else [e / 255 for e in EPS_255]))
+    if not grid or any(not (0 < e < math.inf) for e in grid):
+        raise FeatvisError(f"eps must be positive finite budgets in [0, 1] pixel units, got {list(grid)}")
+    if norm != "linf" and name not in ("fgsm", "pgd"):
+        raise FeatvisError(f"norm={norm!r} needs fgsm or pgd; {name} is an L∞ attack")
+    attack = ATTACKS.get(name)
+    extra = {"norm": norm} if name in ("fgsm", "pgd") else {}
+    x = prepare(clf, images)
+    targets, original, _ = resolve_attack_targets(clf, x, target, seed)
+    b = x.shape[0]
+    min_eps = torch.full((b,), math.inf, device=x.device)
+    best = x.clone()
+    predicted = original.clone()
+    pending = torch.arange(b, device=x.device)
+    for i, e in enumerate(grid):
+        if len(pending) == 0:
+            break
+        res = attack(clf, x[pending], None if targets is None else targets[pending], eps=e, seed=seed,
+                     **extra, **options)
+        won = res.success
+        hit = pending[won]
+        min_eps[hit] = e
+        best[hit] = res.images[won]
+        predicted[hit] = res.predicted[won]
+        pending = pending[~won]
+        if callback is not None:
+            callback(i + 1, len(pending))
+    return RobustnessResult(name, norm, grid, min_eps, best, original, predicted, targets, labels=list(clf.labels),
+                            params={"method": name, "norm": norm, "eps": grid, "seed": seed, **options})
