@@ -144,6 +144,22 @@ def main() -> None:
               f"s/img | per step {row['pgd_step_over_floor']:.2f}x floor | FGSM featvis {f_ours:.3f}, Captum "
               f"{f_theirs:.3f} s/img | ascent {asc:.2f} s per fooled image ({row['ascent_step_over_floor']:.2f}x "
               f"floor per step)", flush=True)
+    # every attack at its defaults: seconds per fooled image at batch 1 (first image) and batch 8 (first eight)
+    out["per_attack"] = {}
+    print("\nseconds per fooled image, each attack at its defaults (targeted; deepfool untargeted)")
+    for name, kw in {"ascent": {}, "lab": {}, "fgsm": {}, "pgd": {}, "mifgsm": {},
+                     "cw": dict(steps=50, search_steps=4), "deepfool": {}}.items():
+        row = {}
+        for b in (1, 8):
+            t0 = time.perf_counter()
+            res = fool(clf, x[:b], None if name == "deepfool" else t[:b], method=name, **kw)
+            dt = time.perf_counter() - t0
+            won = int(res.success.sum())
+            row[f"batch{b}"] = {"s_per_fooled_image": dt / won if won else None, "fooled": won, "images": b}
+        out["per_attack"][name] = row
+        cells = "  ".join(f"b{b}: {row[f'batch{b}']['s_per_fooled_image'] or float('nan'):.2f} s "
+                          f"({row[f'batch{b}']['fooled']}/{b})" for b in (1, 8))
+        print(f"  {name:9s} {cells}", flush=True)
     print(f"saved {save('fooling', out)}")
 
 

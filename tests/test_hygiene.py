@@ -67,6 +67,6 @@ def test_attack_leaves_no_trace(name):
     copy = x.clone()
     res = ATTACKS.get(name)(clf, x, None, **ATTACK_FAST.get(name, {}))
     assert res.images.shape == x.shape and torch.isfinite(res.images).all()
-    assert 0 <= res.images.min() and res.images.max() <= 1
+    assert res.images.min() >= 0 and res.images.max() <= 1
     assert _state(net) == before
     assert torch.equal(x, copy) and not x.requires_grad and x.grad is None
