@@ -14,4 +14,4 @@ def test_example_notebook_runs_top_to_bottom():
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 5  # the results drew themselves
+    assert len(pngs) >= 6  # the results drew themselves

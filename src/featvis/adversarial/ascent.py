@@ -63,18 +63,20 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | No
     x = prepare(clf, images)
     targets, original, probs = resolve_attack_targets(clf, x, target, seed)
 
-    def step(cur, grad, orig):
+    if cap is not None:
+        # the 8-bit values within `cap` of the original: clamping to them keeps the rounded image inside too
+        lo = ((x - cap) * 255 - 1e-4).ceil().clamp(0, 255) / 255
+        hi = ((x + cap) * 255 + 1e-4).floor().clamp(0, 255) / 255
+
+    def step(cur, grad, _orig, rows):
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
         nxt = cur + lr * grad / per_image(norm)
         if cap is None:
             return nxt.clamp(0, 1)
-        # the 8-bit values within `cap` of the original: clamping to them keeps the rounded image inside too
-        lo = ((orig - cap) * 255 - 1e-4).ceil().clamp(0, 255) / 255
-        hi = ((orig + cap) * 255 + 1e-4).floor().clamp(0, 255) / 255
-        return torch.minimum(torch.maximum(nxt, lo), hi)
+        return torch.minimum(torch.maximum(nxt, lo[rows]), hi[rows])
 
     raw, steps = step_loop(clf, x, targets, original, start=x, step=step, max_steps=max_steps, loss=SCORES[score],
-                           callback=callback)
+                           callback=callback, with_rows=True)
     return finish("ascent", clf, x, raw, targets, original, steps,
                   {"lr": lr, "eps": cap, "max_steps": max_steps, "score": score}, probs)
 
