@@ -9,7 +9,9 @@ Two registered names:
   1.22 on the bundled photos × 3 targets). `ascent` (1) caps every pixel's change at `eps` = 3/255, so the step
   spreads over the pixels that still have room, and (2) climbs the target's log-probability instead of its
   logit, which pushes the competing classes down as well and needs ~20 % less change. Result: still 100 %
-  success after 8-bit rounding, mean L∞ 3/255 and mean L2 0.85 instead of 9/255 and 1.10.
+  success after 8-bit rounding, mean L∞ 3/255 and mean L2 0.90 instead of 9/255 and 1.10.
+  The step stays 0.1: 0.05 gives 6 % less L2 but twice the steps, and on EfficientNet-Lite1 one of the 18
+  (photo, target) pairs then needs more than 100 steps.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from featvis.errors import FeatvisError
 
 # L2 length of one step in [0, 1] pixel units. The lab's lr = 1 was in normalized units (≈ 0.22–0.5 pixel units
 # per step): its results are visible (L∞ ≈ 14/255) and a quarter stop fooling once saved as 8-bit.
-LR = 0.05
-LAB_LR = 0.1
+LR = 0.1
+LAB_LR = LR
 EPS = 3 / 255  # largest change of any pixel value (L∞, [0, 1] units)
 SCORES = {"logit": "logit", "log-prob": "ce"}
 
@@ -69,10 +71,9 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | No
         hi = ((x + cap) * 255 + 1e-4).floor().clamp(0, 255) / 255
 
     def step(cur, grad, _orig, rows):
-        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-        nxt = cur + lr * grad / per_image(norm)
         if cap is None:
-            return nxt.clamp(0, 1)
+            return (cur + lr * grad / per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12))).clamp(0, 1)
+        nxt = cur + lr * grad / per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
         return torch.minimum(torch.maximum(nxt, lo[rows]), hi[rows])
 
     raw, steps = step_loop(clf, x, targets, original, start=x, step=step, max_steps=max_steps, loss=SCORES[score],
