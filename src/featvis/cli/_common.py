@@ -113,6 +113,22 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[i:i + size]
 
 
+def pending_image_batches(job, keys: dict[str, Path], clf, ui: Ui, label: str, batch_size: int,
+                          failed: list[tuple[Path, str]]) -> Iterator[tuple[list[Path], Any]]:
+    """The images a resumable job has not done yet, loaded in batches under a progress bar: yields
+    (paths, [B, 3, H, W]); files that cannot be read are reported, appended to `failed` and left pending."""
+    todo = job.pending(list(keys))
+    if job.skipped:
+        ui.info(f"resuming: {job.skipped} of {len(keys)} images already done in {job.out_dir}")
+    with ui.progress(label, len(todo)) as advance:
+        for batch_keys in chunks(todo, batch_size):
+            good, x, bad = load_batch([keys[k] for k in batch_keys], clf, ui)
+            failed += bad
+            if x is not None:
+                yield good, x
+            advance(len(batch_keys))
+
+
 def load_batch(paths: Sequence[Path], clf, ui: Ui) -> tuple[list[Path], Any, list[tuple[Path, str]]]:
     """Load what can be loaded; bad files are reported and left out (they stay pending for a rerun)."""
     import torch

@@ -22,11 +22,10 @@ from featvis.cli._common import (
     Ui,
     WeightsOpt,
     app,
-    chunks,
-    load_batch,
     load_classifier,
     out_console,
     parse_budget,
+    pending_image_batches,
 )
 from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
@@ -86,27 +85,18 @@ def fool(
     job = Job.open(output, "fool", {"model": model, "method": name, "target": target, "options": options,
                                     "check_model": check_model}, clf=clf, seed=seed, overwrite=overwrite)
     keys = {item_key(f): f for f in files}
-    todo = job.pending(list(keys))
-    if job.skipped:
-        ui.info(f"resuming: {job.skipped} of {len(keys)} images already done in {output}")
-    failed = []
-    with ui.progress(f"fool ({name})", len(todo)) as advance:
-        for batch_keys in chunks(todo, batch_size):
-            good, x, bad = load_batch([keys[k] for k in batch_keys], clf, ui)
-            failed += bad
-            if x is None:
-                continue
-            with job.timed("attack"):
-                res = run_attack(clf, x, tgt, method=name, check_model=other, **options)
-            for i, (path, rec) in enumerate(zip(good, res.records(), strict=True)):
-                key = item_key(path)
-                png = save_image(res.images[i], job.out_dir / "fooled" / f"{key}.png")
-                reloaded = load_image(png).to(clf.device)  # what the user keeps, read back
-                rec["reloaded_predicted"] = clf.predict(reloaded, k=1)[0][0].index
-                save_figure(fooling_panels(res.select(i)), job.out_dir / "figures" / f"{key}.png")
-                rec.update(image=str(path), fooled_png=f"fooled/{key}.png", figure=f"figures/{key}.png")
-                job.done(key, rec)
-            advance(len(batch_keys))
+    failed: list = []
+    for good, x in pending_image_batches(job, keys, clf, ui, f"fool ({name})", batch_size, failed):
+        with job.timed("attack"):
+            res = run_attack(clf, x, tgt, method=name, check_model=other, **options)
+        for i, (path, rec) in enumerate(zip(good, res.records(), strict=True)):
+            key = item_key(path)
+            png = save_image(res.images[i], job.out_dir / "fooled" / f"{key}.png")
+            reloaded = load_image(png).to(clf.device)  # what the user keeps, read back
+            rec["reloaded_predicted"] = clf.predict(reloaded, k=1)[0][0].index
+            save_figure(fooling_panels(res.select(i)), job.out_dir / "figures" / f"{key}.png")
+            rec.update(image=str(path), fooled_png=f"fooled/{key}.png", figure=f"figures/{key}.png")
+            job.done(key, rec)
     records = [job.record(k) for k in keys if job.is_done(k)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -216,25 +206,16 @@ def robustness(
                                           "target": target, "options": options}, clf=clf, seed=seed,
                    overwrite=overwrite)
     keys = {item_key(f): f for f in files}
-    todo = job.pending(list(keys))
-    if job.skipped:
-        ui.info(f"resuming: {job.skipped} of {len(keys)} images already done in {output}")
-    failed = []
-    with ui.progress(f"robustness ({name})", len(todo)) as advance:
-        for batch_keys in chunks(todo, batch_size):
-            good, x, bad = load_batch([keys[k] for k in batch_keys], clf, ui)
-            failed += bad
-            if x is None:
-                continue
-            with job.timed("attack"):
-                res = measure(clf, x, tgt, eps=grid, method=name, norm=norm, seed=seed, **options)
-            for i, (path, rec) in enumerate(zip(good, res.records(), strict=True)):
-                key = item_key(path)
-                if rec["fooled"]:
-                    save_image(res.images[i], job.out_dir / "fooled" / f"{key}.png")
-                    rec["fooled_png"] = f"fooled/{key}.png"
-                job.done(key, rec | {"image": str(path)})
-            advance(len(batch_keys))
+    failed: list = []
+    for good, x in pending_image_batches(job, keys, clf, ui, f"robustness ({name})", batch_size, failed):
+        with job.timed("attack"):
+            res = measure(clf, x, tgt, eps=grid, method=name, norm=norm, seed=seed, **options)
+        for i, (path, rec) in enumerate(zip(good, res.records(), strict=True)):
+            key = item_key(path)
+            if rec["fooled"]:
+                save_image(res.images[i], job.out_dir / "fooled" / f"{key}.png")
+                rec["fooled_png"] = f"fooled/{key}.png"
+            job.done(key, rec | {"image": str(path)})
     records = [job.record(k) for k in keys if job.is_done(k)]
     n = max(len(records), 1)
     curve = {"eps": grid, "norm": norm,
