@@ -246,3 +246,22 @@ def test_deepfool_finds_small_untargeted_changes_on_photos(clf, six):
     assert res.l2.mean() < 0.7 * pgd.l2.mean(), (res.l2, pgd.l2)  # measured: 0.17 vs 0.31
     with pytest.raises(fv.FeatvisError, match="deepfool is untargeted"):
         fool(clf, six[:1], "stingray", method="deepfool")
+
+
+def test_robustness_curve_budgets_and_errors(clf, six):
+    x = six[:3]
+    grid = [1 / 255, 2 / 255]
+    rob = fv.robustness(clf, x, None, eps=grid, method="pgd", steps=5)
+    rates = rob.fooled_rate
+    assert rates == sorted(rates) and rates[0] > 0  # one 8-bit level already flips photos of this model
+    for i, rec in enumerate(rob.records()):
+        assert rec["fooled"] == (rob.predicted[i] != rob.original_classes[i]).item()
+        if rec["fooled"]:
+            assert rec["min_eps"] in grid  # exactly a budget of the grid
+            assert (rob.images[i] - x[i]).abs().max() <= rec["min_eps"] + 1e-6
+            assert clf.predict(rob.images[i:i + 1], k=1)[0][0].index == rec["predicted"]
+    assert rates[0] == pytest.approx(sum(r["min_eps"] == grid[0] for r in rob.records()) / 3)
+    with pytest.raises(fv.FeatvisError, match="needs an attack with a budget"):
+        fv.robustness(clf, x, eps=grid, method="cw")
+    with pytest.raises(fv.FeatvisError, match="positive finite budgets"):
+        fv.robustness(clf, x, eps=[-1 / 255])

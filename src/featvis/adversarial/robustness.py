@@ -37,7 +37,7 @@ class RobustnessResult:
     @property
     def fooled_rate(self) -> list[float]:
         """Fraction of the images fooled at each ε (for untargeted attacks 1 − robust accuracy)."""
-        return [float((self.min_eps <= e + 1e-12).float().mean()) for e in self.eps]
+        return [float((self.min_eps <= e).float().mean()) for e in self.eps]
 
     @property
     def median_min_eps(self) -> float:
@@ -94,7 +94,7 @@ def robustness(clf, images: torch.Tensor, target=None, *, eps: Sequence[float] |
     x = prepare(clf, images)
     targets, original, _ = resolve_attack_targets(clf, x, target, seed)
     b = x.shape[0]
-    min_eps = torch.full((b,), math.inf, device=x.device)
+    min_eps = torch.full((b,), math.inf, dtype=torch.float64, device=x.device)  # exactly the grid's values
     best = x.clone()
     predicted = original.clone()
     pending = torch.arange(b, device=x.device)

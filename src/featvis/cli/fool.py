@@ -219,7 +219,7 @@ def robustness(
     records = [job.record(k) for k in keys if job.is_done(k)]
     n = max(len(records), 1)
     curve = {"eps": grid, "norm": norm,
-             "fooled_rate": [sum(r["fooled"] and r["min_eps"] <= e + 1e-12 for r in records) / n for e in grid]}
+             "fooled_rate": [sum(r["fooled"] and r["min_eps"] <= e * (1 + 1e-9) for r in records) / n for e in grid]}
     save_figure(robustness_curve({f"{name} on {clf.name}": curve}), job.out_dir / "curve.png")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=ROBUSTNESS_FIELDS, extrasaction="ignore")
