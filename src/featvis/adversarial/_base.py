@@ -16,14 +16,17 @@ from featvis.models.classifier import frozen
 ATTACKS: Registry[Callable] = Registry("attack")
 
 
-def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0
+def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0, logits: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(targets [B] or None for untargeted, the model's original predictions [B], its probabilities [B, K]).
 
     `target`: a class (index or name), one per image, "random" (seeded; never the predicted class), or None.
+    `logits`: the model's logits on `images` when the caller already has them (saves a forward pass).
     """
-    with torch.no_grad(), frozen(clf):
-        probs = clf(images).softmax(-1)
+    if logits is None:
+        with torch.no_grad(), frozen(clf):
+            logits = clf(images)
+    probs = logits.detach().softmax(-1)
     original = probs.argmax(-1)
     b = images.shape[0]
     if target is None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from featvis.adversarial._base import ATTACKS, per_image, prepare, resolve_attack_targets, step_loop
+from featvis.adversarial._base import ATTACKS, objective, per_image, prepare, resolve_attack_targets, step_loop
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.errors import FeatvisError
+from featvis.models.classifier import frozen
 
 EPS_LINF = 8 / 255  # the common ImageNet/CIFAR budget (torchattacks, RobustBench)
 EPS_L2 = 1.0
@@ -51,10 +52,18 @@ def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm:
     """
     norm = _check_norm(norm)
     x = prepare(clf, images)
-    targets, original, probs = resolve_attack_targets(clf, x, target, seed)
-    raw, steps = step_loop(clf, x, targets, original, start=x, max_steps=1, loss="ce", early_stop=False,
-                           straight_through=straight_through,
-                           step=lambda cur, g, orig: project(cur + eps * _direction(g, norm), orig, eps, norm))
+    step = lambda cur, g, orig: project(cur + eps * _direction(g, norm), orig, eps, norm)  # noqa: E731
+    if straight_through:
+        targets, original, probs = resolve_attack_targets(clf, x, target, seed)
+        raw, steps = step_loop(clf, x, targets, original, start=x, max_steps=1, loss="ce", early_stop=False,
+                               straight_through=True, step=step)
+    else:  # one forward serves both the original predictions and the gradient
+        inp = x.clone().requires_grad_(True)
+        with frozen(clf):
+            logits = clf(inp)
+            targets, original, probs = resolve_attack_targets(clf, x, target, seed, logits=logits)
+            grad = torch.autograd.grad(objective("ce", logits, targets, original).sum(), inp)[0]
+        raw, steps = step(x, grad, x).detach(), torch.ones(x.shape[0], dtype=torch.long, device=x.device)
     return finish("fgsm", clf, x, raw, targets, original, steps, {"eps": eps, "norm": norm}, probs)
 
 
