@@ -71,10 +71,8 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | No
         hi = ((x + cap) * 255 + 1e-4).floor().clamp(0, 255) / 255
 
     def step(cur, grad, _orig, rows):
-        if cap is None:
-            return (cur + lr * grad / per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12))).clamp(0, 1)
         nxt = cur + lr * grad / per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
-        return torch.minimum(torch.maximum(nxt, lo[rows]), hi[rows])
+        return nxt.clamp(0, 1) if cap is None else torch.minimum(torch.maximum(nxt, lo[rows]), hi[rows])
 
     raw, steps = step_loop(clf, x, targets, original, start=x, step=step, max_steps=max_steps, loss=SCORES[score],
                            callback=callback, with_rows=True)
