@@ -17,6 +17,7 @@ Two registered names:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -90,6 +91,4 @@ def lab(clf, images: torch.Tensor, target, *, lr: float = LAB_LR, max_steps: int
     """
     res = ascent(clf, images, target, lr=lr, eps=None, max_steps=max_steps, score="logit", seed=seed,
                  callback=callback)
-    from dataclasses import replace
-
     return replace(res, method="lab")

@@ -5,7 +5,8 @@ the saved 8-bit images like every featvis attack."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,20 @@ from featvis.errors import FeatvisError
 
 EPS_255 = (1, 2, 3, 4, 6, 8)  # whole 8-bit levels: on an 8-bit original the saved image stays inside each
 BUDGETED = ("fgsm", "pgd", "mifgsm", "ascent")
+
+
+def fooled_rates(min_eps: Iterable[float | None], eps: Sequence[float]) -> list[float]:
+    """Share of the images fooled at each budget in `eps`, from each image's smallest fooling budget (None or inf:
+    never fooled). The tolerance covers budgets that went through float32 or JSON."""
+    found = [math.inf if m is None else float(m) for m in min_eps]
+    return [sum(m <= e * (1 + 1e-9) for m in found) / max(len(found), 1) for e in eps]
+
+
+def median_budget(min_eps: Iterable[float | None]) -> float | None:
+    """Median of the images' smallest fooling budgets; None when fewer than half are fooled on the grid."""
+    found = [math.inf if m is None else float(m) for m in min_eps]
+    med = statistics.median(found) if found else math.inf
+    return med if math.isfinite(med) else None
 
 
 @dataclass(frozen=True)
@@ -37,11 +52,12 @@ class RobustnessResult:
     @property
     def fooled_rate(self) -> list[float]:
         """Fraction of the images fooled at each ε (for untargeted attacks 1 − robust accuracy)."""
-        return [float((self.min_eps <= e).float().mean()) for e in self.eps]
+        return fooled_rates(self.min_eps.tolist(), self.eps)
 
     @property
-    def median_min_eps(self) -> float:
-        return float(self.min_eps.median())
+    def median_min_eps(self) -> float | None:
+        """Median smallest fooling budget ([0, 1] units); None when fewer than half are fooled on the grid."""
+        return median_budget(self.min_eps.tolist())
 
     def records(self) -> list[dict]:
         rows = []

@@ -120,26 +120,32 @@ def fool(
     return 1 if failed else 0
 
 
-# which CLI option each attack takes, and under which keyword
-_OPTION_KEYS = {"steps": {"ascent": "max_steps", "lab": "max_steps", "pgd": "steps", "mifgsm": "steps", "cw": "steps",
-                          "deepfool": "steps"},
-                "lr": {"ascent": "lr", "lab": "lr", "cw": "lr"},
-                "eps": {"ascent": "eps", "fgsm": "eps", "pgd": "eps", "mifgsm": "eps"},
-                "score": {"ascent": "score"},
-                "norm": {"fgsm": "norm", "pgd": "norm"}}
+def _option_keyword(attack: str, option: str) -> str | None:
+    """The keyword under which attack `attack` takes CLI option `option` (--steps is `max_steps` for the
+    ascents), read from its signature; None when it does not take it."""
+    import inspect
+
+    from featvis.adversarial import ATTACKS
+
+    params = inspect.signature(ATTACKS.get(attack)).parameters
+    names = ("max_steps", "steps") if option == "steps" else (option,)
+    return next((n for n in names if n in params), None)
 
 
 def _attack_options(name: str, **given) -> dict:
     """The keyword arguments for attack `name` from the CLI options given; an option it does not take is an error
     (silently ignoring `--eps` would report a budget that was never applied)."""
+    from featvis.adversarial import ATTACKS
+
     options = {}
     for opt, value in given.items():
         if value is None:
             continue
-        takers = _OPTION_KEYS[opt]
-        if name not in takers:
+        keyword = _option_keyword(name, opt)
+        if keyword is None:
+            takers = [a for a in ATTACKS.names() if _option_keyword(a, opt)]
             raise FeatvisError(f"--{opt} does not apply to --method {name}; it applies to {', '.join(takers)}")
-        options[takers[name]] = value
+        options[keyword] = value
     return options
 
 
@@ -189,6 +195,7 @@ def robustness(
     fooling budget (curve.png, results.csv/json, the fooled PNG at that budget, manifest; resumable)."""
     from featvis.adversarial import ATTACKS
     from featvis.adversarial import robustness as measure
+    from featvis.adversarial.robustness import fooled_rates, median_budget
     from featvis.figures import robustness_curve, save_figure
     from featvis.images import image_files, save_image
     from featvis.runs import Job, atomic_write_json, atomic_write_text, item_key
@@ -217,21 +224,15 @@ def robustness(
                 rec["fooled_png"] = f"fooled/{key}.png"
             job.done(key, rec | {"image": str(path)})
     records = [job.record(k) for k in keys if job.is_done(k)]
-    n = max(len(records), 1)
-    curve = {"eps": grid, "norm": norm,
-             "fooled_rate": [sum(r["fooled"] and r["min_eps"] <= e * (1 + 1e-9) for r in records) / n for e in grid]}
+    curve = {"eps": grid, "norm": norm, "fooled_rate": fooled_rates([r["min_eps"] for r in records], grid)}
     save_figure(robustness_curve({f"{name} on {clf.name}": curve}), job.out_dir / "curve.png")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=ROBUSTNESS_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(records)
     atomic_write_text(job.out_dir / "results.csv", buf.getvalue())
-    import math
-    import statistics
-
-    med = statistics.median([r["min_eps"] if r["fooled"] else math.inf for r in records]) if records else math.inf
     summary = {"images": len(records), "curve": curve, "fooled_rate_max_eps": curve["fooled_rate"][-1],
-               "median_min_eps": med if math.isfinite(med) else None}
+               "median_min_eps": median_budget(r["min_eps"] for r in records)}
     atomic_write_json(job.out_dir / "results.json", {"model": clf.id, "method": name, "summary": summary,
                                                      "figure": "curve.png", "results": records})
     job.finish(images=len(keys), summary=summary)
