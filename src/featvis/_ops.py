@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from featvis.errors import FeatvisError
 
 
 def gaussian_kernel1d(sigma: float, size: int | None = None, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -30,3 +33,38 @@ def gaussian_blur(images: torch.Tensor, sigma: float, size: int | None = None) -
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     x = F.pad(x, (0, 0, pad, pad), mode=mode)
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+Seed = int | Sequence[int]
+"""One seed for a whole batch, or one per image (the task runner derives those from each item's identity, so an
+image gets the same random draws whatever batch it lands in)."""
+
+
+def random_draw(kind: str, seed: Seed, shape: Sequence[int], *, batch_dim: int = 0, device=None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`torch.rand` ("uniform") or `torch.randn` ("normal") of `shape`, reproducibly.
+
+    With one int seed everything comes from one generator (the batch's draws depend on its composition). With a
+    sequence of seeds — one per index along `batch_dim` — each slice has its own generator, so image i's noise
+    depends only on seed[i].
+    """
+    draw = {"uniform": torch.rand, "normal": torch.randn}[kind]
+    if _single(seed):
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        return draw(tuple(shape), generator=gen, device=device, dtype=dtype)
+    seeds = [int(s) for s in seed]
+    if len(seeds) != shape[batch_dim]:
+        raise FeatvisError(f"got {len(seeds)} seeds for {shape[batch_dim]} images; give one seed or one per image")
+    part = [s for i, s in enumerate(shape) if i != batch_dim]
+    slices = [draw(tuple(part), generator=torch.Generator(device=device).manual_seed(s), device=device, dtype=dtype)
+              for s in seeds]
+    return torch.stack(slices, dim=batch_dim)
+
+
+def first_seed(seed: Seed) -> int:
+    """A single int from a seed or per-image seeds (for draws that are shared by the whole batch)."""
+    return int(seed) if _single(seed) else int(next(iter(seed), 0))
+
+
+def _single(seed: object) -> bool:
+    return not isinstance(seed, (Sequence, torch.Tensor)) or (isinstance(seed, torch.Tensor) and seed.ndim == 0)

@@ -1,11 +1,21 @@
-"""Named registries: one per family (attribution methods, attacks, presets, models). A name is written once."""
+"""Named registries: one per family (attribution methods, attacks, presets, models). A name is written once.
+
+Entries of the algorithm families are *specs*: the function plus what it declares about itself — its options
+(read from its keyword-only parameters, their defaults and the `Args:` section of its docstring), its one-line
+summary, and family facts given at registration (an attack's target modes and budget norms). The CLI, the web
+API, the report and the hygiene tests all read the spec, so a new method is one file.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import inspect
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-from featvis.errors import did_you_mean
+from featvis.errors import FeatvisError, did_you_mean
 
 T = TypeVar("T")
 
@@ -32,8 +42,15 @@ class Registry(Generic[T]):
         for alias in aliases:
             self._aliases[alias] = name
 
+    def remove(self, name: str) -> None:
+        """Forget an entry and its aliases (for plugins and tests that register temporary entries)."""
+        key = self.canonical(name)
+        del self._items[key]
+        for alias in [a for a, n in self._aliases.items() if n == key]:
+            del self._aliases[alias]
+
     def canonical(self, name: str) -> str:
-        key = name.strip().lower().replace("_", "-")
+        key = str(name).strip().lower().replace("_", "-")
         if key in self._items:
             return key
         if key in self._aliases:
@@ -46,8 +63,228 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._items)
 
+    def aliases(self, name: str) -> list[str]:
+        key = self.canonical(name)
+        return [a for a, n in self._aliases.items() if n == key]
+
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (name in self._items or name in self._aliases)
+        if not isinstance(name, str):
+            return False
+        key = name.strip().lower().replace("_", "-")
+        return key in self._items or key in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+
+# --- options ---------------------------------------------------------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+
+def parse_budget(text: str | float) -> float:
+    """A budget in [0, 1] pixel units from "0.0314", "8/255" or "inf"."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        t = str(text).strip().lower()
+        try:
+            value = float(t[:-4]) / 255 if t.endswith("/255") else float(t)
+        except ValueError:
+            raise FeatvisError(f"cannot read budget {text!r}; write it in [0, 1] units (0.0314) or in 8-bit levels "
+                               "(8/255)") from None
+    if math.isnan(value) or not value > 0:
+        raise FeatvisError(f"budget {text!r} must be a positive number")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a registered entry takes: its name, default, kind and help (from its docstring)."""
+
+    name: str
+    default: Any
+    kind: str  # "int", "float", "str", "bool", "budget" (a pixel budget: 8/255), "seed" or "any"
+    help: str = ""
+    optional: bool = False  # None is allowed
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, value: Any) -> Any:
+        """The value converted to this option's kind (from CLI/web text or a Python value); one-line errors."""
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")
+                             and (self.optional or self.default is None)):
+            if self.optional or self.default is None:
+                return None
+            raise FeatvisError(f"option {self.name} needs a value (default {self.default!r})")
+        if self.kind == "any":
+            return value
+        text = value.strip() if isinstance(value, str) else None
+        try:
+            if self.kind == "bool":
+                if isinstance(value, bool):
+                    return value
+                if text is not None and text.lower() in _TRUE | _FALSE:
+                    return text.lower() in _TRUE
+                raise ValueError
+            if self.kind in ("int", "seed"):
+                if isinstance(value, bool):
+                    raise ValueError
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                return int(text if text is not None else value)
+            if self.kind == "float":
+                if isinstance(value, bool):
+                    raise ValueError
+                out = float(text if text is not None else value)
+                if math.isnan(out):
+                    raise ValueError
+                return out
+            if self.kind == "budget":
+                if text is not None and text.lower() in ("inf", "none") and self.optional:
+                    return None if text.lower() == "none" else math.inf
+                return parse_budget(value)
+            return str(value)
+        except (TypeError, ValueError):
+            raise FeatvisError(f"option {self.name}={value!r} is not a valid {self.kind}"
+                               + (f" (default {self.default!r})" if self.default is not None else "")) from None
+
+
+def docstring_args(doc: str | None) -> dict[str, str]:
+    """The `Args:` section of a Google-style docstring as {name: one-line help}."""
+    if not doc:
+        return {}
+    lines = inspect.cleandoc(doc).splitlines()
+    out: dict[str, str] = {}
+    inside, current, indent = False, None, None
+    for line in lines:
+        if re.match(r"^(Args|Arguments|Parameters):\s*$", line.strip()) and not line.startswith(" "):
+            inside, current, indent = True, None, None
+            continue
+        if not inside:
+            continue
+        if line.strip() and not line.startswith(" "):
+            break  # the next section (Returns:, Example:, ...)
+        if not line.strip():
+            continue
+        here = len(line) - len(line.lstrip())
+        m = re.match(r"^\s*([A-Za-z_][\w, ]*?)(\s*\([^)]*\))?:\s*(.*)$", line)
+        if m and (indent is None or here <= indent):
+            indent = here
+            names = [n.strip() for n in m.group(1).split(",")]
+            current = names
+            for n in names:
+                out[n] = m.group(3).strip()
+        elif current:
+            for n in current:
+                out[n] = (out[n] + " " + line.strip()).strip()
+    return out
+
+
+def _kind(param: inspect.Parameter) -> tuple[str, bool]:
+    ann = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+    ann = str(ann).replace(" ", "")
+    optional = "None" in ann or param.default is None
+    default = param.default
+    if param.name in ("seed",):
+        return "seed", optional
+    if param.name in ("eps",):
+        return "budget", optional
+    if isinstance(default, bool) or ann.startswith("bool"):
+        return "bool", optional
+    if isinstance(default, int) or ann.split("|")[0] == "int":
+        return "int", optional
+    if isinstance(default, float) or ann.split("|")[0] == "float":
+        return "float", optional
+    if isinstance(default, str) or ann.split("|")[0] == "str":
+        return "str", optional
+    return "any", optional
+
+
+def options_from(fn: Callable, skip: tuple[str, ...] = ()) -> dict[str, Option]:
+    """Options of `fn`: its keyword-only parameters (minus `skip`), with defaults, kinds and docstring help."""
+    helps = docstring_args(fn.__doc__)
+    out: dict[str, Option] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in skip:
+            continue
+        kind, optional = _kind(p)
+        default = None if p.default is inspect.Parameter.empty else p.default
+        out[p.name] = Option(p.name, default, kind, helps.get(p.name, ""), optional)
+    return out
+
+
+def summary_of(fn: Callable) -> str:
+    """The first sentence of a docstring (whole, even when it wraps over lines)."""
+    doc = inspect.cleandoc(fn.__doc__ or "")
+    para = doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+    return para
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A registered function and what it declares: options, summary and family facts (`info`)."""
+
+    name: str
+    fn: Callable
+    options: Mapping[str, Option]
+    summary: str
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self.fn.__doc__
+
+    def check(self, given: Mapping[str, Any], *, what: str = "") -> dict[str, Any]:
+        """`given` options checked against this spec: unknown names fail with a did-you-mean, values are
+        converted to each option's kind (CLI and web text included)."""
+        out = {}
+        for key, value in given.items():
+            name = key.strip().replace("-", "_")
+            if name not in self.options:
+                label = what or self.name
+                raise did_you_mean(f"option for {label}", key, list(self.options) or ["(none: it takes no options)"],
+                                   hint=f"{label} takes {', '.join(self.options) or 'no options'}")
+            out[name] = self.options[name].parse(value)
+        return out
+
+
+class SpecRegistry(Registry[Spec]):
+    """A registry whose entries are `Spec`s built from the registered functions.
+
+    `shared`: parameters every entry of the family takes and documents once (clf, images, target, ...); they
+    are not the entry's own options.
+    """
+
+    def __init__(self, kind: str, shared: tuple[str, ...] = (), common_help: Mapping[str, str] | None = None) -> None:
+        super().__init__(kind)
+        self.shared = shared
+        self.common_help = dict(common_help or {})  # help for options many entries take (score, seed, ...)
+
+    def register(self, name: str, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[Callable], Callable]:
+        def deco(fn: Callable) -> Callable:
+            options = {k: o if o.help else Option(o.name, o.default, o.kind, self.common_help.get(k, ""), o.optional)
+                       for k, o in options_from(fn, self.shared).items()}
+            self.add(name, Spec(name, fn, options, summary_of(fn), dict(info)), aliases)
+            return fn
+
+        return deco
+
+
+def parse_assignments(pairs: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+    """`-O key=value` pairs as a dict (values stay text; a spec converts them)."""
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise FeatvisError(f"option {pair!r} must be KEY=VALUE, e.g. -O steps=32")
+        key, value = pair.split("=", 1)
+        if not key.strip():
+            raise FeatvisError(f"option {pair!r} has no name before '='")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out

@@ -8,12 +8,19 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from featvis._registry import Registry
+from featvis._registry import SpecRegistry
 from featvis.errors import FeatvisError
 from featvis.images import check_images, quantize
 from featvis.models.classifier import frozen
 
-ATTACKS: Registry[Callable] = Registry("attack")
+# Every attack takes (clf, images, target) and a progress `callback(step, images still running)`; its other
+# keyword-only parameters are its options. Registration declares: targeted / untargeted support, the budget norms
+# (("linf", "l2") or () for attacks without a budget) and which option counts the steps.
+ATTACKS = SpecRegistry("attack", shared=("callback",), common_help={
+    "seed": "seeds target='random' and random starts",
+    "straight_through": "take each gradient at the 8-bit image (off: at the float image, the textbook step)",
+    "early_stop": "stop each image once its 8-bit version fools the model (off: always run every step)",
+})
 
 
 def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0, logits: torch.Tensor | None = None

@@ -33,7 +33,7 @@ EPS = 3 / 255  # largest change of any pixel value (L∞, [0, 1] units)
 SCORES = {"logit": "logit", "log-prob": "ce"}
 
 
-@ATTACKS.register("ascent", aliases=("fool",))
+@ATTACKS.register("ascent", aliases=("fool",), targeted=True, untargeted=True, norms=("linf",), steps="max_steps")
 def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | None = EPS, max_steps: int = 100,
            score: str = "log-prob", seed: int = 0, callback=None) -> FoolingResult:
     """Normalized gradient ascent `x += lr · g / ‖g‖₂` on the target's score until argmax == target.
@@ -81,7 +81,7 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | No
                   {"lr": lr, "eps": cap, "max_steps": max_steps, "score": score}, probs)
 
 
-@ATTACKS.register("lab")
+@ATTACKS.register("lab", targeted=True, untargeted=True, norms=(), steps="max_steps")
 def lab(clf, images: torch.Tensor, target, *, lr: float = LAB_LR, max_steps: int = 100, seed: int = 0,
         callback=None) -> FoolingResult:
     """The lab's recipe as written: ascent on the target's logit, no cap on any pixel's change.

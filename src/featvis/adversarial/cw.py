@@ -20,7 +20,8 @@ def _margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool, kappa: floa
     return (others - own if targeted else own - others).clamp(min=-kappa)
 
 
-@ATTACKS.register("cw", aliases=("cw-l2", "carlini-wagner"))
+@ATTACKS.register("cw", aliases=("cw-l2", "carlini-wagner"), targeted=True, untargeted=True, norms=(),
+                  steps="steps")
 def cw(clf, images: torch.Tensor, target=None, *, c: float = 1.0, kappa: float = 0.0, steps: int = 100,
        lr: float = 0.01, search_steps: int = 5, seed: int = 0, callback=None) -> FoolingResult:
     """Minimize ‖x′ − x‖₂² + c · f(x′) over x′ = (tanh(w) + 1) / 2 with Adam, and binary-search c per image.

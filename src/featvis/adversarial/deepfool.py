@@ -13,7 +13,7 @@ from featvis.images import quantize
 from featvis.models.classifier import frozen
 
 
-@ATTACKS.register("deepfool")
+@ATTACKS.register("deepfool", targeted=False, untargeted=True, norms=(), steps="steps")
 def deepfool(clf, images: torch.Tensor, target=None, *, candidates: int = 10, overshoot: float = 0.02,
              steps: int = 50, seed: int = 0, callback=None) -> FoolingResult:
     """DeepFool L2, untargeted (as in the paper): among the `candidates` classes ranked highest on the original,

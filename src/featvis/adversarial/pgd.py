@@ -38,9 +38,9 @@ def _check_norm(norm: str) -> str:
     return norm
 
 
-@ATTACKS.register("fgsm")
+@ATTACKS.register("fgsm", targeted=True, untargeted=True, norms=("linf", "l2"), steps=None)
 def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm: str = "linf", seed: int = 0,
-         straight_through: bool = False) -> FoolingResult:
+         straight_through: bool = False, callback=None) -> FoolingResult:
     """Fast Gradient Sign Method: one step of size ε along sign(∇ loss) (norm="l2": along ∇/‖∇‖, FGM).
 
     Untargeted (target=None) it increases the cross-entropy of the predicted class; targeted it decreases the
@@ -64,10 +64,13 @@ def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm:
             targets, original, probs = resolve_attack_targets(clf, x, target, seed, logits=logits)
             grad = torch.autograd.grad(objective("ce", logits, targets, original).sum(), inp)[0]
         raw, steps = step(x, grad, x).detach(), torch.ones(x.shape[0], dtype=torch.long, device=x.device)
+    if callback is not None:
+        callback(1, 0)
     return finish("fgsm", clf, x, raw, targets, original, steps, {"eps": eps, "norm": norm}, probs)
 
 
-@ATTACKS.register("pgd", aliases=("bim", "ifgsm"))
+@ATTACKS.register("pgd", aliases=("bim", "ifgsm"), targeted=True, untargeted=True, norms=("linf", "l2"),
+                  steps="steps")
 def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, norm: str = "linf",
         alpha: float | None = None, steps: int = 20, random_start: bool = False, seed: int = 0,
         early_stop: bool = True, straight_through: bool = True, callback=None) -> FoolingResult:
@@ -106,7 +109,8 @@ def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, nor
                   {"eps": eps, "norm": norm, "alpha": alpha, "steps": steps, "random_start": random_start}, probs)
 
 
-@ATTACKS.register("mifgsm", aliases=("mi-fgsm", "momentum"))
+@ATTACKS.register("mifgsm", aliases=("mi-fgsm", "momentum"), targeted=True, untargeted=True, norms=("linf",),
+                  steps="steps")
 def mifgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, alpha: float | None = None,
            steps: int = 10, decay: float = 1.0, seed: int = 0, early_stop: bool = True, straight_through: bool = True,
            callback=None) -> FoolingResult:

@@ -7,13 +7,18 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from featvis._registry import Registry
+from featvis._registry import SpecRegistry
 from featvis.errors import FeatvisError
 from featvis.images import check_images
 from featvis.models.classifier import frozen
 
-Method = Callable[..., torch.Tensor]
-ATTRIBUTIONS: Registry[Method] = Registry("attribution method")
+# Every method takes (clf, images, target) and `batch_size` (documented once, in featvis.attribution); the rest of
+# its keyword-only parameters are its options, read from its signature and docstring by the registry.
+ATTRIBUTIONS = SpecRegistry("attribution method", shared=("batch_size", "return_delta"), common_help={
+    "score": 'what is explained: "logit" (default), "log-prob" or "prob" of the target class',
+    "reduce": 'channel reduction: "max-abs", "abs-sum", "l2", "sum" (signed) or "none" ([B, 3, H, W])',
+    "seed": "seeds the method's random draws (an int, or one per image); same seed, same map",
+})
 
 SCORES = ("logit", "log-prob", "prob")
 REDUCTIONS = ("max-abs", "abs-sum", "l2", "sum", "none")

@@ -127,7 +127,7 @@ def _option_keyword(attack: str, option: str) -> str | None:
 
     from featvis.adversarial import ATTACKS
 
-    params = inspect.signature(ATTACKS.get(attack)).parameters
+    params = inspect.signature(ATTACKS.get(attack).fn).parameters
     names = ("max_steps", "steps") if option == "steps" else (option,)
     return next((n for n in names if n in params), None)
 

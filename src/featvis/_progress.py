@@ -1,0 +1,34 @@
+"""Progress from inside long algorithm loops, without a flag or a print in any algorithm.
+
+A front end (the task runner, the web API, a notebook) opens `listening(callback)`; algorithms call
+`report(stage, done, total)` at their natural checkpoints (a chunk of samples, an attack step, a render step).
+With no listener `report` costs one context-variable lookup. The callback may raise to stop the work (the web
+API cancels jobs this way). Context variables are per thread, so concurrent jobs never see each other's listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+
+Listener = Callable[[str, float, float], None]  # (stage, done, total)
+
+_listener: ContextVar[Listener | None] = ContextVar("featvis_progress", default=None)
+
+
+def report(stage: str, done: float, total: float) -> None:
+    """Tell the current listener (if any) that `done` of `total` units of `stage` are finished."""
+    listener = _listener.get()
+    if listener is not None:
+        listener(stage, done, total)
+
+
+@contextlib.contextmanager
+def listening(listener: Listener | None) -> Iterator[None]:
+    """Route `report` calls made in this thread (and the contexts it starts) to `listener` while the block runs."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
