@@ -1,7 +1,11 @@
-"""Safe loading of local model files: TorchScript, safetensors and state_dicts (weights_only unpickling).
+"""Safe loading of local model files: safetensors and state_dicts (weights_only unpickling); TorchScript if trusted.
 
-A pickle that needs arbitrary code to load (a whole pickled `nn.Module`, or a malicious file) is refused unless
-the caller says they trust it: `torch.load(weights_only=False)` runs whatever the file contains.
+Two kinds of file run code from the file when loaded, and are refused unless the caller says they trust it:
+a pickle that needs arbitrary code (a whole pickled `nn.Module`, or a malicious file), because
+`torch.load(weights_only=False)` runs whatever it contains; and any TorchScript archive, because it is compiled
+code too: `torch.jit.load` runs the `__setstate__` of its modules, which can open, map and write files
+(`torch.from_file(..., shared=True)`). Weights alone (safetensors, or a state_dict read with `weights_only=True`)
+load without trust.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ def is_torchscript(path: Path) -> bool:
 
 
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> nn.Module | StateDict:
-    """Load a local model file safely: a TorchScript module or a state_dict.
+    """Load a local model file safely: a state_dict, or (only when trusted) a TorchScript or pickled module.
 
     Args:
-        path: a `.pt`/`.pth`/`.ckpt` (TorchScript or torch.save'd state_dict) or `.safetensors` file.
-        trust: allow full unpickling (runs code from the file). Only for files from a trusted source.
+        path: a `.pt`/`.pth`/`.ckpt` (torch.save'd state_dict, TorchScript archive or pickled module) or
+            `.safetensors` file.
+        trust: allow files that run code when loaded: TorchScript archives and full unpickling. Only for files
+            from a trusted source; without it both are refused with a FeatvisError before any of their code runs.
 
     Returns:
-        An `nn.Module` (TorchScript, or a pickled module when trusted) or a flat `{name: tensor}` state_dict.
+        A flat `{name: tensor}` state_dict, or, when trusted, an `nn.Module` (TorchScript or a pickled module).
     """
     path = Path(path)
     if not path.is_file():
@@ -52,9 +58,16 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> nn.Module | Sta
         except (SafetensorError, OSError) as e:
             raise FeatvisError(f"cannot read safetensors file {str(path)!r}: {e}") from None
     if is_torchscript(path):
+        if not trust:
+            raise FeatvisError(
+                f"refusing to load {str(path)!r}: it is a TorchScript archive, which runs code from the file when "
+                "loaded (it can read and write files); if you trust its source pass trust_checkpoint=True "
+                "(CLI: --trust-checkpoint), or save its weights as a state_dict or safetensors file and load them "
+                "into a named architecture (--model ARCH --weights FILE)"
+            )
         try:
             return torch.jit.load(str(path), map_location="cpu")
-        except RuntimeError as e:
+        except (RuntimeError, ValueError, OSError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FeatvisError(f"cannot load TorchScript file {str(path)!r}: {first}") from None
     try:

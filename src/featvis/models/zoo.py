@@ -151,7 +151,9 @@ def load_model(
             `torchvision:NAME`, `timm:NAME`, or a path to a TorchScript/safetensors/state_dict file.
         device: where to put the model; default CPU (the CLI picks CUDA when available).
         weights: a local state_dict/safetensors file to load into the named architecture (fine-tuned weights).
-        trust_checkpoint: allow full unpickling of a local file (runs code from it; trusted files only).
+        trust_checkpoint: allow a local file that runs code when loaded: a TorchScript archive (its compiled
+            `__setstate__` runs and can read and write files) or a pickle that needs full unpickling. Trusted files
+            only; without it both are refused before any of their code runs.
         mean, std, labels, input_size: override what the model comes with (needed for bare files).
 
     Returns:
