@@ -1,5 +1,6 @@
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,165 @@ def test_samples():
     assert (fv.samples.path("chelsea").parent / "NOTICE").exists()
     with pytest.raises(fv.FeatvisError, match="did you mean 'chelsea'"):
         fv.samples.path("chelsae")
+
+
+# --- Decoding only the formats we name; every malformed file is one FeatvisError (issue 12, item 4) ---------
+
+def _encoded(fmt: str, size: tuple[int, int] = (24, 20), mode: str = "RGB", **kw) -> bytes:
+    arr = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).convert(mode).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_malformed_ppm_header_is_one_line(tmp_path):
+    path = tmp_path / "bad.ppm"
+    path.write_bytes(b"P6\n64Y48\n255\n" + bytes(64 * 48 * 3))
+    with pytest.raises(fv.FeatvisError, match=r"bad\.ppm.*corrupt") as e:
+        fv.load_image(path)
+    assert "\n" not in str(e.value)
+
+
+def test_only_the_named_formats_are_decoded(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    from featvis.images import ACCEPTED_FORMATS
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    eps = tmp_path / "drawing.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n%%EndComments\n"
+                    b"newpath 0 0 moveto 32 32 lineto stroke\nshowpage\n%%EOF\n")
+    listed = ", ".join(ACCEPTED_FORMATS)
+    assert listed == "JPEG, PNG, WEBP, TIFF, BMP, GIF, PPM"
+    for src in (eps, _encoded("SGI"), _encoded("TGA"), _encoded("PCX")):
+        with pytest.raises(fv.FeatvisError, match=rf"not an image featvis can read \({listed}\)"):
+            fv.load_image(src)
+    assert calls == []  # Ghostscript (an external program) was never asked to render the EPS
+
+
+def test_suffixes_match_the_accepted_formats(tmp_path):
+    from featvis.images import ACCEPTED_FORMATS, IMAGE_SUFFIXES
+
+    Image.init()
+    registered = Image.registered_extensions()
+    assert {registered[s] for s in IMAGE_SUFFIXES} == set(ACCEPTED_FORMATS)
+    assert {s for suffixes in ACCEPTED_FORMATS.values() for s in suffixes} == IMAGE_SUFFIXES
+    for fmt, suffixes in ACCEPTED_FORMATS.items():  # each named format really loads, under each of its suffixes
+        for suffix in suffixes:
+            (tmp_path / f"{fmt}{suffix}").write_bytes(_encoded(fmt, mode="L" if suffix == ".pgm" else "RGB"))
+    files = image_files([tmp_path])
+    assert sorted(f.name for f in files) == sorted(f"{f}{s}" for f, ss in ACCEPTED_FORMATS.items() for s in ss)
+    for f in files:
+        x = fv.load_image(f)
+        assert x.shape == (1, 3, 20, 24) and x.dtype == torch.float32
+
+
+def _mutate(data: bytes, rng) -> bytes:
+    """One random corruption: byte overwrites (often in the header), truncation, insertion, deletion, bit flips."""
+    d = bytearray(data)
+    kind = rng.randrange(6)
+    if kind == 0:
+        for _ in range(rng.randint(1, 8)):
+            d[rng.randrange(min(len(d), 64) if rng.random() < 0.5 else len(d))] = rng.randrange(256)
+    elif kind == 1:
+        d = d[: rng.randrange(1, len(d))]
+    elif kind == 2:
+        i = rng.randrange(len(d))
+        d[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    elif kind == 3:
+        i = rng.randrange(len(d))
+        del d[i:i + rng.randint(1, 16)]
+    elif kind == 4:  # header fields set to extremes
+        i = rng.randrange(min(len(d), 128))
+        d[i:i + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"9999", b"-1 \n"])
+    else:
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(d))
+            d[i] ^= 1 << rng.randrange(8)
+    return bytes(d)
+
+
+FUZZ_ROUNDS = 300  # mutations per seed file
+FUZZ_SEEDS = [pytest.param("jpeg", marks=pytest.mark.slow), "png", "ppm", "pgm", "sgi", "tiff", "tiff-lzw", "gif", "bmp", "webp"]
+
+
+def _fuzz_seed(name: str) -> bytes:
+    """The bundled JPEG, a PNG made from it, and small files in the formats PIL has thrown non-OSErrors for."""
+    photo = fv.samples.path("chelsea").read_bytes()
+    if name == "jpeg":
+        return photo
+    if name == "png":
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(photo)).convert("RGB").resize((48, 32)).save(buf, format="PNG")
+        return buf.getvalue()
+    fmt = {"pgm": "PPM", "tiff-lzw": "TIFF"}.get(name, name.upper())
+    return _encoded(fmt, mode="L" if name == "pgm" else "RGB",
+                    **({"compression": "tiff_lzw"} if name == "tiff-lzw" else {}))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL")  # PIL warns about the corrupt EXIF/tags it skips
+@pytest.mark.parametrize("name", FUZZ_SEEDS)
+def test_fuzzed_files_give_a_tensor_or_one_featvis_error(name, tmp_path):
+    import random
+
+    data = _fuzz_seed(name)
+    rng = random.Random(f"featvis-fuzz-{name}")  # seeded: a failure names a reproducible (name, i)
+    outcomes = {"tensor": 0, "error": 0}
+    for i in range(FUZZ_ROUNDS):
+        mutated = _mutate(data, rng)
+        src: bytes | os.PathLike = mutated
+        if i % 10 == 0:  # the file path goes through the same decoding
+            src = tmp_path / f"{name}-{i}.img"
+            src.write_bytes(mutated)
+        try:
+            x = fv.load_image(src, max_pixels=4_000_000)
+        except fv.FeatvisError as e:
+            assert "\n" not in str(e) and str(e), (name, i)
+            outcomes["error"] += 1
+            continue
+        lo, hi = torch.aminmax(x)  # NaN would fail the comparisons too
+        assert x.dtype == torch.float32 and x.shape[:2] == (1, 3) and min(x.shape[-2:]) >= 8, (name, i)
+        assert 0 <= lo <= hi <= 1, (name, i)
+        outcomes["tensor"] += 1
+    assert sum(outcomes.values()) == FUZZ_ROUNDS
+    assert outcomes["error"] > FUZZ_ROUNDS // 10, outcomes  # the mutations really break files
+    if name == "sgi":  # not an accepted format: refused whole
+        assert outcomes["tensor"] == 0
+    else:  # and some still decode (PNG's checksums make that rare)
+        assert outcomes["tensor"] > 0, outcomes
+
+
+# --- File names that are not UTF-8 (issue 12, item 5) -------------------------------------------------------
+
+def test_display_path_is_printable():
+    from featvis.images import display_path
+
+    assert display_path("plain/cat.jpg") == "plain/cat.jpg"
+    assert display_path(os.fsdecode(b"dir/bad\xff.png")) == "dir/bad\\xff.png"
+    assert display_path(b"dir/bad\xff.png") == "dir/bad\\xff.png"
+    assert display_path(Path("new\nline\x1b[31m.png")) == "new\\nline\\x1b[31m.png"
+    assert display_path("caf\u00e9 \u732b.jpg") == "caf\u00e9 \u732b.jpg"  # valid non-ASCII stays readable
+    assert display_path("\u202egnp.exe") == "\\u202egnp.exe"  # a right-to-left override cannot disguise a name
+
+
+def test_non_utf8_file_names(tmp_path):
+    folder = os.fsencode(tmp_path)
+    good = os.path.join(folder, b"bad\xff.png")
+    Image.new("RGB", (16, 12), (10, 20, 30)).save(os.fsdecode(good), format="PNG")
+    broken = os.path.join(folder, b"broken\xfe.jpg")
+    with open(broken, "wb") as f:
+        f.write(b"not an image")
+    files = image_files([tmp_path])
+    assert [os.fsencode(f.name) for f in files] == [b"bad\xff.png", b"broken\xfe.jpg"]
+    x = fv.load_image(files[0])
+    assert x.shape == (1, 3, 12, 16) and x[0, :, 0, 0].mul(255).round().tolist() == [10, 20, 30]
+    with pytest.raises(fv.FeatvisError) as e:
+        fv.load_image(files[1])
+    message = str(e.value)
+    assert "broken\\xfe.jpg" in message
+    message.encode("utf-8")  # printable on any UTF-8 terminal or log (a raw surrogate would raise here)
+    with pytest.raises(fv.FeatvisError, match=r"bad\\xff-missing\.png.*does not exist") as e:
+        fv.load_image(os.fsdecode(os.path.join(folder, b"bad\xff-missing.png")))
+    str(e.value).encode("utf-8")

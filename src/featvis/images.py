@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,52 +23,106 @@ from featvis.errors import FeatvisError
 
 MAX_PIXELS = 64_000_000  # 8000×8000; larger files are refused as possible decompression bombs
 MIN_SIDE = 8  # smaller images carry no usable content for an ImageNet model
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+# The only formats decoded, with the file suffixes a folder is searched for (Pillow's names and suffixes). PIL can
+# try ~40 others, some through external programs (EPS runs Ghostscript) or seldom-fuzzed plugins; they are refused.
+ACCEPTED_FORMATS: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "TIFF": (".tif", ".tiff"),
+    "BMP": (".bmp",),
+    "GIF": (".gif",),
+    "PPM": (".ppm", ".pgm", ".pbm", ".pnm"),  # the Netpbm family
+}
+IMAGE_SUFFIXES = frozenset(s for suffixes in ACCEPTED_FORMATS.values() for s in suffixes)
+# What PIL raises for malformed files besides OSError; found by fuzzing (tests/test_images.py). A decoder bug must
+# cost one file, not a batch or a web request.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, LookupError, TypeError, ArithmeticError,
+                  MemoryError, Image.DecompressionBombError)
 _ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as in most viewers
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray | torch.Tensor
 
 
+def display_path(path: str | os.PathLike | bytes) -> str:
+    """A path as printable text: bytes that are not UTF-8 and control characters become backslash escapes.
+
+    File names are bytes on POSIX; Python keeps undecodable ones as lone surrogates ('bad\\udcff.png'), which
+    cannot be printed, logged or hashed as UTF-8. This renders them the way `bytes` repr does, so messages and
+    keys stay one printable line: `display_path(b"bad\\xff.png") == "bad\\\\xff.png"`.
+    """
+    try:
+        raw = os.fsencode(path)  # the bytes the OS holds (surrogateescape undone)
+    except UnicodeEncodeError:  # a surrogate that did not come from the file system
+        raw = os.fspath(path).encode("utf-8", "backslashreplace")  # type: ignore[union-attr]
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def open_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open and fully decode an image as 8-bit RGB, honouring EXIF orientation and converting any mode."""
-    name = "<bytes>" if isinstance(src, bytes) else str(src) if not isinstance(src, Image.Image) else "<PIL image>"
+    """Open and fully decode an image as 8-bit RGB, honouring EXIF orientation and converting any mode.
+
+    Only `ACCEPTED_FORMATS` are decoded; anything else, and any file PIL fails on, is one FeatvisError.
+    """
     if isinstance(src, Image.Image):
-        im = src
-    else:
-        if not isinstance(src, bytes):
-            path = Path(src)
-            if not path.exists():
-                raise FeatvisError(f"image {name!r} does not exist")
-            if path.is_dir():
-                raise FeatvisError(f"{name!r} is a folder; pass image files (the CLI accepts folders)")
-            if path.stat().st_size == 0:
-                raise FeatvisError(f"image {name!r} is an empty file")
-        elif not src:
+        return _decode(src, "<PIL image>", max_pixels)
+    if isinstance(src, bytes):
+        if not src:
             raise FeatvisError("image data is empty (0 bytes)")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise FeatvisError(f"image {name!r} is too large (over {max_pixels:,} pixels); downscale it first") \
-                from None
-        except UnidentifiedImageError:
-            raise FeatvisError(f"{name!r} is not an image featvis can read (JPEG, PNG, WebP, TIFF, BMP, GIF)") \
-                from None
-        except OSError as e:
-            raise FeatvisError(f"cannot read image {name!r}: {e}") from None
+        return _decode(_identify(io.BytesIO(src), "<bytes>", max_pixels), "<bytes>", max_pixels)
+    name = f"'{display_path(src)}'"
+    path = Path(src)
+    if not path.exists():
+        raise FeatvisError(f"image {name} does not exist")
+    if path.is_dir():
+        raise FeatvisError(f"{name} is a folder; pass image files (the CLI accepts folders)")
+    try:
+        fp = path.open("rb")
+    except OSError as e:
+        raise FeatvisError(f"cannot read image {name}: {e.strerror or _first_line(e)}") from None
+    with fp:
+        if os.fstat(fp.fileno()).st_size == 0:
+            raise FeatvisError(f"image {name} is an empty file")
+        return _decode(_identify(fp, name, max_pixels), name, max_pixels)
+
+
+def _identify(fp: io.BufferedIOBase, name: str, max_pixels: int) -> Image.Image:
+    """Read the header, trying only the accepted formats."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(fp, formats=list(ACCEPTED_FORMATS))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise FeatvisError(f"image {name} is too large (over {max_pixels:,} pixels); downscale it first") from None
+    except UnidentifiedImageError:
+        raise FeatvisError(f"{name} is not an image featvis can read ({', '.join(ACCEPTED_FORMATS)}); convert it "
+                           "to PNG or JPEG") from None
+    except _DECODE_ERRORS as e:
+        raise FeatvisError(f"image {name} is corrupt ({_first_line(e)}); re-export or re-download it") from None
+
+
+def _decode(im: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    """Check the size, then decode the pixels as RGB."""
     w, h = im.size
     if w * h > max_pixels:
-        raise FeatvisError(f"image {name!r} is {w}×{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
+        raise FeatvisError(f"image {name} is {w}×{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
                            "downscale it first")
     if min(w, h) < MIN_SIDE:
-        raise FeatvisError(f"image {name!r} is only {w}×{h} pixels; featvis needs at least {MIN_SIDE}×{MIN_SIDE}")
+        raise FeatvisError(f"image {name} is only {w}×{h} pixels; featvis needs at least {MIN_SIDE}×{MIN_SIDE}")
     try:
         im.load()
         im = ImageOps.exif_transpose(im) or im
-    except (OSError, SyntaxError, ValueError) as e:
-        raise FeatvisError(f"image {name!r} is truncated or corrupt ({e}); re-export or re-download it") from None
-    return to_rgb(im)
+        return to_rgb(im)
+    except FeatvisError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise FeatvisError(f"image {name} is truncated or corrupt ({_first_line(e)}); re-export or re-download it") \
+            from None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -268,12 +323,13 @@ def image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FeatvisError(f"folder {str(p)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise FeatvisError(f"folder '{display_path(p)}' holds no image files "
+                                   f"({', '.join(sorted(IMAGE_SUFFIXES))})")
             files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
-            raise FeatvisError(f"input {str(p)!r} does not exist")
+            raise FeatvisError(f"input '{display_path(p)}' does not exist")
     if not files:
         raise FeatvisError("no input images given")
     return list(dict.fromkeys(files))
