@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from featvis._ops import gaussian_blur
+from featvis._ops import Seed, gaussian_blur, random_draw
+from featvis._progress import report
 from featvis.attribution._base import default_chunk
 from featvis.errors import FeatvisError
 from featvis.images import check_images
@@ -51,8 +52,8 @@ def substrate(clf, images: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def _curve(clf, images: torch.Tensor, maps: torch.Tensor, kind: str, *, start: torch.Tensor, end: torch.Tensor,
-           pixels_per_step: int | None, batch_size: int | None) -> Curve:
-    images = check_images(images).to(clf.device)
+           pixels_per_step: int | None, batch_size: int | None, targets: torch.Tensor | None = None) -> Curve:
+    images = check_images(images, dtype=clf.dtype).to(clf.device)
     b, _, h, w = images.shape
     if maps.shape != (b, h, w):
         raise FeatvisError(f"maps have shape {tuple(maps.shape)}; expected {(b, h, w)} to match the images")
@@ -62,38 +63,47 @@ def _curve(clf, images: torch.Tensor, maps: torch.Tensor, kind: str, *, start: t
     order = maps.reshape(b, -1).to(images.device).argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(h * w, device=images.device).expand(b, -1))
+    rank = rank.view(b, 1, h, w)
     chunk = batch_size or default_chunk(clf, images, backward=False)
-    probs = torch.empty(b, n + 1, device=images.device)
+    probs = torch.empty(b * (n + 1), device=images.device)
+    # One model call per chunk of (image, step) pairs, across images: every call is full whatever B and n are.
+    image_of = torch.arange(b, device=images.device).repeat_interleave(n + 1)
+    step_of = torch.arange(n + 1, device=images.device).repeat(b)
     with torch.no_grad(), frozen(clf):
-        classes = clf(images).argmax(-1)
-        for j in range(b):
-            r = rank[j].view(1, 1, h, w)
-            for s0 in range(0, n + 1, chunk):
-                ks = torch.arange(s0, min(s0 + chunk, n + 1), device=images.device).view(-1, 1, 1, 1)
-                moved = r < ks * step  # [k, 1, H, W]: pixels already deleted / inserted after k steps
-                x = torch.where(moved, end[j:j + 1], start[j:j + 1])
-                probs[j, s0:s0 + ks.shape[0]] = clf(x).softmax(-1)[:, classes[j]]
+        classes = clf(images).argmax(-1) if targets is None else targets.to(images.device)
+        for s0 in range(0, b * (n + 1), chunk):
+            j, k = image_of[s0:s0 + chunk], step_of[s0:s0 + chunk]
+            moved = rank[j] < (k * step).view(-1, 1, 1, 1)  # [c, 1, H, W]: pixels deleted / inserted after k steps
+            x = torch.where(moved, end[j], start[j])
+            probs[s0:s0 + j.shape[0]] = clf(x).softmax(-1).gather(1, classes[j, None])[:, 0]
+            report(kind, s0 + j.shape[0], b * (n + 1))
+    probs = probs.view(b, n + 1)
     return Curve(kind, probs, auc(probs), classes)
 
 
 def deletion(clf, images: torch.Tensor, maps: torch.Tensor, *, substrate_kind: str = "mean",
-             pixels_per_step: int | None = None, batch_size: int | None = None) -> Curve:
-    """Deletion curve: remove the most salient pixels first; lower AUC is better."""
+             pixels_per_step: int | None = None, batch_size: int | None = None,
+             targets: torch.Tensor | None = None) -> Curve:
+    """Deletion curve: remove the most salient pixels first; lower AUC is better.
+
+    `targets`: the classes whose probability is tracked; default the originally predicted ones (the protocol).
+    All (image, step) inputs of the batch go through the model in chunks of `batch_size`.
+    """
     return _curve(clf, images, maps, "deletion", start=images.to(clf.device),
                   end=substrate(clf, images.to(clf.device), substrate_kind),
-                  pixels_per_step=pixels_per_step, batch_size=batch_size)
+                  pixels_per_step=pixels_per_step, batch_size=batch_size, targets=targets)
 
 
 def insertion(clf, images: torch.Tensor, maps: torch.Tensor, *, substrate_kind: str = "blur",
-              pixels_per_step: int | None = None, batch_size: int | None = None) -> Curve:
+              pixels_per_step: int | None = None, batch_size: int | None = None,
+              targets: torch.Tensor | None = None) -> Curve:
     """Insertion curve: reveal the most salient pixels first on a blurred image; higher AUC is better."""
     x = images.to(clf.device)
     return _curve(clf, images, maps, "insertion", start=substrate(clf, x, substrate_kind), end=x,
-                  pixels_per_step=pixels_per_step, batch_size=batch_size)
+                  pixels_per_step=pixels_per_step, batch_size=batch_size, targets=targets)
 
 
-def random_maps(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """The uniform-random attribution baseline [B, H, W] every method should beat."""
-    gen = torch.Generator(device=images.device).manual_seed(seed)
+def random_maps(images: torch.Tensor, seed: Seed = 0) -> torch.Tensor:
+    """The uniform-random attribution baseline [B, H, W] every method should beat (one seed, or one per image)."""
     b, _, h, w = images.shape
-    return torch.rand((b, h, w), generator=gen, device=images.device)
+    return random_draw("uniform", seed, (b, h, w), device=images.device)
