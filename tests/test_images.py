@@ -310,3 +310,37 @@ def test_non_utf8_file_names(tmp_path):
     with pytest.raises(fv.FeatvisError, match=r"bad\\xff-missing\.png.*does not exist") as e:
         fv.load_image(os.fsdecode(os.path.join(folder, b"bad\xff-missing.png")))
     str(e.value).encode("utf-8")
+
+
+# --- Float dtypes other than float32 (issue 12, item 8) -------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_give_the_float32_answer(dtype):
+    from _models import TinyConvNet
+
+    clf = fv.Classifier.wrap(TinyConvNet().eval(), labels=list("abcd"), input_size=32)
+    x = fv.quantize(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))).to(dtype)
+    ref = x.float()  # the same pixel values in float32 (exact for every one of these dtypes)
+    assert check_images(x).dtype == torch.float32 and torch.equal(check_images(x), ref)
+    assert torch.equal(to_tensor(x), ref) and torch.equal(fv.load_image(x), ref)
+    maps = fv.saliency(clf, x, [0, 1], method="gradient")
+    assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps, fv.saliency(clf, ref, [0, 1], method="gradient"), rtol=1e-5, atol=1e-7)
+    fooled, expected = fv.fool(clf, x, [2, 3], method="pgd", steps=2), fv.fool(clf, ref, [2, 3], method="pgd", steps=2)
+    assert fooled.images.dtype == torch.float32
+    torch.testing.assert_close(fooled.images, expected.images, rtol=0, atol=1 / 255)  # same 8-bit image
+    assert fooled.success.tolist() == expected.success.tolist()
+    got, want = clf.predict(x, k=4), clf.predict(ref, k=4)
+    assert [[p.index for p in row] for row in got] == [[p.index for p in row] for row in want]
+    assert [p.prob for row in got for p in row] == pytest.approx([p.prob for row in want for p in row], abs=1e-6)
+
+
+def test_a_float64_model_keeps_its_dtype():
+    from _models import TinyConvNet
+
+    clf = fv.Classifier.wrap(TinyConvNet().double().eval(), labels=list("abcd"), input_size=16).double()
+    x = torch.rand(1, 3, 16, 16)
+    for images in (x, x.double(), x.half()):  # converted to the model's dtype where the classifier is known
+        maps = fv.saliency(clf, images, 0)
+        assert maps.dtype == torch.float64
+        assert clf.predict(images, k=1)[0][0].index == clf.predict(x.double(), k=1)[0][0].index

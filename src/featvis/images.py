@@ -170,13 +170,19 @@ def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
     return check_images(t.expand(1, 3, *t.shape[2:]).contiguous(), "numpy image")
 
 
-def check_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
-    """Validate a batch [B, 3, H, W] of floats in [0, 1] (uint8 is scaled); return it as float."""
+def check_images(images: torch.Tensor, what: str = "images", *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Validate a batch [B, 3, H, W] of floats in [0, 1] (uint8 is scaled); return it as `dtype`.
+
+    Floats of another dtype (float64, float16, bfloat16) are converted too: a network refuses inputs that are not
+    its own dtype ("expected scalar type Double"). Callers that know the classifier pass its `dtype`.
+    """
     if not isinstance(images, torch.Tensor):
         raise FeatvisError(f"{what} must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}; "
                            "use featvis.load_image to read files")
+    if not dtype.is_floating_point:
+        raise FeatvisError(f"images can only be converted to a float dtype, not {dtype}")
     if images.dtype == torch.uint8:
-        images = images.float() / 255.0
+        images = images.to(dtype) / 255.0
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4 or images.shape[1] != 3:
@@ -195,7 +201,7 @@ def check_images(images: torch.Tensor, what: str = "images") -> torch.Tensor:
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise FeatvisError(f"{what} span [{lo:.3g}, {hi:.3g}] but featvis takes pixels in [0, 1] "
                            "(the Classifier normalizes); pass un-normalized images")
-    return images
+    return images.to(dtype)
 
 
 def to_tensor(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:

@@ -70,7 +70,7 @@ def per_image(v: torch.Tensor) -> torch.Tensor:
 
 
 def prepare(clf, images: torch.Tensor) -> torch.Tensor:
-    return check_images(images).to(clf.device).detach()
+    return check_images(images, dtype=clf.dtype).to(clf.device).detach()
 
 
 def step_loop(clf, original: torch.Tensor, targets: torch.Tensor | None, original_classes: torch.Tensor, *,

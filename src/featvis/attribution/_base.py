@@ -108,5 +108,5 @@ def input_gradients(clf, images: torch.Tensor, targets: torch.Tensor, *, score: 
 
 def prepare(clf, images: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate images (moved to the classifier's device) and resolve the targets."""
-    images = check_images(images).to(clf.device)
+    images = check_images(images, dtype=clf.dtype).to(clf.device)
     return images, resolve_targets(clf, images, target)

@@ -102,6 +102,11 @@ class Classifier(nn.Module):
         first = next(self.net.parameters(), None)
         return first.device if first is not None else self.mean.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float dtype the network computes in (its first float parameter's; float32 if it has none)."""
+        return next((p.dtype for p in self.net.parameters() if p.is_floating_point()), torch.float32)
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
@@ -128,6 +133,9 @@ class Classifier(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, k: int = 5, batch_size: int = 32) -> list[list[Prediction]]:
         """The top-k classes of each image, with names and softmax probabilities."""
+        from featvis.images import check_images
+
+        images = check_images(images, dtype=self.dtype)
         k = max(1, min(int(k), len(self.labels)))
         out = []
         with frozen(self):
