@@ -8,6 +8,7 @@ which break on in-place ReLU and on activation modules reused in several places 
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,16 +53,80 @@ def find_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
     raise FeatvisError(f"unknown layer {name!r}; near names: {near} (run `featvis layers` to list all)")
 
 
-def to_spatial(t: torch.Tensor) -> torch.Tensor:
-    """Feature maps as [B, C, H, W]: transformer tokens [B, 1+HW, C] or [B, HW, C] are reshaped (CLS dropped)."""
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a vision transformer lays out its tokens: `prefix` non-patch tokens first (class, distillation,
+    register tokens), then the patch grid row by row. `grid` is (rows, cols) when the model fixes it; `readout`
+    are the prefix tokens the classifier head reads (empty: it averages the patch tokens)."""
+
+    prefix: int
+    grid: tuple[int, int] | None = None
+    readout: tuple[int, ...] = (0,)
+
+
+# Without model metadata, a token tensor [B, N, C] is read as the largest square grid with the rest as prefix
+# tokens: that covers a class token, a distillation token and up to 4 register tokens + class (DINOv2-reg, Darcet
+# et al. 2024) on a square grid, and leaves other 3-D tensors (1-D convolutions, sequences) alone.
+MAX_GUESSED_PREFIX = 8
+
+
+def token_layout(model: nn.Module) -> TokenLayout | None:
+    """The model's own token layout: timm's `num_prefix_tokens` / `patch_embed.grid_size` / `global_pool`, or
+    torchvision's VisionTransformer (one class token, image_size // patch_size grid). None if it has neither."""
+    net = root(model)
+    prefix = getattr(net, "num_prefix_tokens", None)
+    if isinstance(prefix, int) and not isinstance(prefix, bool):  # timm VisionTransformer and its relatives
+        grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+        dynamic = getattr(net, "dynamic_img_size", False) or getattr(getattr(net, "patch_embed", None),
+                                                                      "dynamic_img_pad", False)
+        grid = tuple(int(g) for g in grid) if grid is not None and not dynamic else None
+        pool = getattr(net, "global_pool", "token")
+        if pool == "token" and prefix > 0:
+            readout = (0, 1) if getattr(net, "head_dist", None) is not None else (0,)  # DeiT-distilled averages both
+        else:
+            readout = ()  # "avg" and friends: the head reads the mean of the patch tokens
+        return TokenLayout(prefix, grid, readout)  # type: ignore[arg-type]
+    if isinstance(getattr(net, "class_token", None), torch.Tensor) and hasattr(net, "patch_size") \
+            and hasattr(net, "image_size"):  # torchvision.models.VisionTransformer
+        side = int(net.image_size) // int(net.patch_size)
+        return TokenLayout(1, (side, side), (0,))
+    return None
+
+
+def to_spatial(t: torch.Tensor, layout: TokenLayout | nn.Module | None = None) -> torch.Tensor:
+    """Feature maps as [B, C, H, W]: transformer tokens [B, prefix + HW, C] are reshaped, prefix tokens dropped.
+
+    Args:
+        layout: the model's `TokenLayout` (or the model, to read it from); without it the largest square grid
+            is taken, with at most `MAX_GUESSED_PREFIX` tokens before it.
+    """
     if t.ndim != 3:
         return t
-    n = t.shape[1]
-    for skip in (1, 0):  # a CLS token first is the common layout (ViT, DeiT)
-        side = round((n - skip) ** 0.5)
-        if side > 0 and side * side == n - skip:
-            return t[:, skip:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
-    return t
+    if isinstance(layout, nn.Module):
+        layout = token_layout(layout)
+    b, n, c = t.shape
+    if layout is not None:
+        # The prefix tokens are there after the patch embedding; its own output has only the grid.
+        for prefix in (layout.prefix, 0):
+            grid = _grid(n - prefix, layout.grid)
+            if grid is not None:
+                break
+        else:
+            return t
+    else:
+        side = math.isqrt(n)
+        prefix, grid = n - side * side, (side, side)
+        if side < 2 or prefix > MAX_GUESSED_PREFIX:
+            return t
+    h, w = grid
+    return t[:, prefix:].transpose(1, 2).reshape(b, c, h, w)  # [B, HW, C] -> [B, C, H, W], row-major grid
+
+
+def _grid(tokens: int, grid: tuple[int, int] | None) -> tuple[int, int] | None:
+    if grid is not None and grid[0] * grid[1] == tokens:
+        return grid
+    side = math.isqrt(max(tokens, 0))
+    return (side, side) if side > 0 and side * side == tokens else None
 
 
 def _first_tensor(output: object) -> torch.Tensor | None:
@@ -78,14 +143,19 @@ class Capture:
 
     calls: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     grad_calls: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    layout: TokenLayout | None = None  # the model's token layout, for transformers
 
     def act(self, name: str | None = None) -> torch.Tensor:
         """The activation of the layer's last call, as [B, C, H, W] when it is spatial or token-shaped."""
-        return to_spatial(self._last(self.calls, name, "activation"))
+        return self.spatial(self._last(self.calls, name, "activation"))
 
     def grad(self, name: str | None = None) -> torch.Tensor:
         """The gradient with respect to that activation (after a backward pass), same shape as `act`."""
-        return to_spatial(self._last(self.grad_calls, name, "gradient"))
+        return self.spatial(self._last(self.grad_calls, name, "gradient"))
+
+    def spatial(self, t: torch.Tensor) -> torch.Tensor:
+        """A captured tensor (or its gradient) as [B, C, H, W], with the model's token layout."""
+        return to_spatial(t, self.layout)
 
     def _last(self, store: dict[str, list[torch.Tensor]], name: str | None, what: str) -> torch.Tensor:
         if name is None:
@@ -115,7 +185,8 @@ def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = Fals
     """
     names = [layers] if isinstance(layers, str) else list(layers)
     found = [find_layer(model, n) for n in names]
-    cap = Capture({name: [] for name, _ in found}, {name: [] for name, _ in found} if grads else {})
+    cap = Capture({name: [] for name, _ in found}, {name: [] for name, _ in found} if grads else {},
+                  token_layout(model))
     handles = []  # module hooks and tensor hooks; all removed on exit (a tensor hook left on the graph would
     # close a Python↔autograd reference cycle that gc cannot collect: the leak of grad-cam #88)
 
@@ -188,9 +259,10 @@ def forward_until(model: nn.Module, images: torch.Tensor, layers: str | Sequence
     missing = [n for n, _ in found if n not in acts]
     if missing:
         raise FeatvisError(f"layer(s) {missing} did not run in the forward pass; pick layers the model uses")
+    layout = token_layout(model)
     if isinstance(layers, str):
-        return to_spatial(acts[found[0][0]])
-    return {n: to_spatial(acts[n]) for n, _ in found}
+        return to_spatial(acts[found[0][0]], layout)
+    return {n: to_spatial(acts[n], layout) for n, _ in found}
 
 
 @dataclass(frozen=True)
@@ -222,6 +294,7 @@ def list_layers(model: nn.Module, size: int | None = None, filter: str | None = 
 
 def _probe(model: nn.Module, side: int) -> list[LayerInfo]:
     modules = [(n, m) for n, m in root(model).named_modules() if n]
+    layout = token_layout(model)
     shapes: dict[str, tuple[int, ...]] = {}
     counts: dict[str, int] = {n: 0 for n, _ in modules}
     order: dict[str, int] = {}
@@ -232,7 +305,7 @@ def _probe(model: nn.Module, side: int) -> list[LayerInfo]:
             counts[name] += 1
             out = _first_tensor(output)
             if out is not None:
-                shapes[name] = tuple(to_spatial(out).shape[1:])
+                shapes[name] = tuple(to_spatial(out, layout).shape[1:])
             order[name] = len(order) if name not in order else order[name]
 
         return hook
@@ -256,13 +329,52 @@ def _probe(model: nn.Module, side: int) -> list[LayerInfo]:
 
 
 def default_layer(model: nn.Module) -> str:
-    """The last spatial feature layer (the usual Grad-CAM layer): the last module, in execution order, whose
-    output is a feature map larger than 1×1, skipping activation modules that are reused in several places."""
-    spatial = [i for i in list_layers(model) if i.shape is not None and len(i.shape) == 3
-               and i.shape[1] * i.shape[2] > 1 and i.calls == 1]
+    """The layer Grad-CAM explains by default.
+
+    For a vision transformer: the last block's first LayerNorm (timm `blocks.11.norm1`, torchvision
+    `encoder.layers.encoder_layer_11.ln_1`), the input of the last self-attention, as pytorch-grad-cam and the
+    ViT CAM literature do: after the last attention every token is processed on its own, so a class-token head
+    gives the patch tokens there no gradient at all. Otherwise: the last module, in execution order, whose output
+    is a feature map larger than 1×1, skipping activation modules that are reused in several places.
+    """
+    infos = list_layers(model)
+    vit = _last_attention_input(model, {i.name: i for i in infos})
+    if vit is not None:
+        return vit
+    spatial = [i for i in infos if _is_map(i) and i.calls == 1]
     if not spatial:
         raise FeatvisError("this model has no spatial feature layer (no [C, H, W] output); name a layer")
     return max(spatial, key=lambda i: i.order).name
+
+
+def _is_map(info: LayerInfo) -> bool:
+    return info.shape is not None and len(info.shape) == 3 and info.shape[1] * info.shape[2] > 1
+
+
+def is_attention(module: nn.Module) -> bool:
+    """A self-attention module: torch's MultiheadAttention, or any module class named *Attention* (timm's)."""
+    return isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower()
+
+
+def _last_attention_input(model: nn.Module, infos: dict[str, LayerInfo]) -> str | None:
+    """The module whose output the last self-attention block attends over, if the model is a pre-norm ViT."""
+    modules = dict(root(model).named_modules())
+    attention = [n for n, m in modules.items() if n and is_attention(m) and infos.get(n) and infos[n].calls]
+    if not attention:
+        return None
+    last = max(attention, key=lambda n: infos[n].order)
+    block_name, _, attn_child = last.rpartition(".")
+    block = modules.get(block_name)
+    if block is None or getattr(block, "norm_first", True) is False:
+        return None  # post-norm (nn.TransformerEncoderLayer's default): no norm feeds the attention
+    children = [n for n, _ in block.named_children()]
+    before = children[:children.index(attn_child)]
+    norms = [c for c in before if isinstance(getattr(block, c), nn.LayerNorm)
+             or "norm" in type(getattr(block, c)).__name__.lower()]
+    if not norms:
+        return None
+    name = f"{block_name}.{norms[-1]}"
+    return name if name in infos and _is_map(infos[name]) else None
 
 
 @contextlib.contextmanager

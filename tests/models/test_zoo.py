@@ -1,15 +1,15 @@
+import json
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 import featvis as fv
 from featvis.images import open_image, prepare
-from featvis.models import zoo
+from featvis.models import ModelSource, rebuild, zoo
 from featvis.models.classifier import IMAGENET_MEAN, IMAGENET_STD
 
 EXPECTED = {"chelsea": range(281, 286), "coffee": [967], "grace_hopper": [652]}
@@ -84,6 +84,81 @@ def test_missing_extra_names_it(monkeypatch):
         fv.load_model("timm:resnet50")
 
 
+def test_sources_registry_lists_every_kind():
+    rows = {r["name"]: r for r in fv.available_models()}
+    assert {"efficientnet-lite0", "torchvision:NAME", "timm:NAME", "PATH"} <= set(rows)
+    assert rows["efficientnet-lite0"]["installed"] and rows["PATH"]["extra"] == "core"
+    assert zoo.resolve("lite0")[0] == "efficientnet-lite0"
+    assert zoo.resolve("torchvision:resnet50")[0::2] == ("torchvision", "resnet50")
+    assert zoo.resolve("timm: vit_small_patch16_224")[0::2] == ("timm", "vit_small_patch16_224")
+    with pytest.raises(fv.FeatvisError, match=r"unknown model source 'torchvison:'.*'torchvision:'"):
+        fv.load_model("torchvison:resnet50")
+    with pytest.raises(fv.FeatvisError, match=r"names no timm model; write timm:NAME"):
+        fv.load_model("timm:")
+    with pytest.raises(fv.FeatvisError, match=r"unknown model 'resnet50'.*torchvision:NAME, timm:NAME"):
+        fv.load_model("resnet50")
+
+
+def test_source_records_arguments_and_round_trips_json(tmp_path, clf):
+    path = tmp_path / "lite0.safetensors"
+    save_file({k: v.contiguous() for k, v in clf.net.state_dict().items()}, str(path))
+    names = [f"c{i}" for i in range(1000)]
+    made = fv.load_model("lite0", weights=path, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), labels=names,
+                         input_size=192)
+    src = made.source
+    assert src == ModelSource("efficientnet-lite0", str(path.resolve()), False, (0.5,) * 3, (0.25,) * 3,
+                              tuple(names), 192)
+    data = json.loads(json.dumps(src.to_dict()))
+    assert ModelSource.from_dict(data) == src
+    again = rebuild(data, "cpu", expected_hash=made.weights_hash)
+    assert again.weights_hash == made.weights_hash == clf.weights_hash
+    assert again.input_size == 192 and again.labels[3] == "c3" and again.source == src
+    torch.testing.assert_close(again.mean, made.mean)
+    torch.testing.assert_close(again.std.flatten(), torch.tensor([0.25] * 3))
+
+
+def test_rebuild_refuses_changed_weights_and_wrapped_models(tmp_path, clf):
+    path = tmp_path / "w.safetensors"
+    state = {k: v.contiguous().clone() for k, v in clf.net.state_dict().items()}
+    save_file(state, str(path))
+    src = fv.load_model("efficientnet-lite0", weights=path).source.to_dict()
+    state["_fc.bias"][0] += 1  # the file changes on disk between the run's start and a worker's rebuild
+    save_file(state, str(path))
+    with pytest.raises(fv.FeatvisError, match=r"^rebuilt model 'efficientnet-lite0' has weights [0-9a-f]{12}, "
+                                               r"expected [0-9a-f]{12}; its weights changed") as e:
+        rebuild(src, expected_hash=clf.weights_hash)
+    assert "\n" not in str(e.value)
+    with pytest.raises(fv.FeatvisError, match=r"no source to rebuild.*Classifier.wrap.*TorchScript|torch.jit"):
+        rebuild(fv.Classifier.wrap(_Net()).source)
+    assert fv.Classifier.wrap(_Net()).source is None
+    with pytest.raises(fv.FeatvisError, match="unknown model source field 'wieghts'; did you mean 'weights'"):
+        ModelSource.from_dict({"name": "lite0", "wieghts": "x"})
+
+
+def test_overrides_are_checked(clf):
+    with pytest.raises(fv.FeatvisError, match="labels: 2 names given but efficientnet-lite0 has 1000 classes"):
+        fv.load_model("lite0", labels=["a", "b"])
+    with pytest.raises(fv.FeatvisError, match="input_size must be a positive whole number"):
+        fv.load_model("lite0", input_size=0)
+    with pytest.raises(fv.FeatvisError, match="std > 0"):
+        fv.load_model("lite0", std=(0, 1, 1))
+
+
+def test_file_model_counts_its_classes_and_takes_weights(tmp_path):
+    net = _Net(7)
+    path = tmp_path / "whole.pt"
+    torch.save(net, path)
+    clf = fv.load_model(str(path), trust_checkpoint=True, input_size=32)
+    assert len(clf.labels) == 7 and clf.labels[6] == "class 6"  # not ImageNet's: the file predicts 7 classes
+    other = _Net(7)
+    weights = tmp_path / "other.safetensors"
+    save_file(dict(other.state_dict()), str(weights))
+    clf = fv.load_model(path, trust_checkpoint=True, weights=weights, labels=list("abcdefg"))
+    torch.testing.assert_close(clf.net.fc.weight, other.fc.weight)
+    assert clf.source.name == str(path.resolve()) and clf.source.weights == str(weights.resolve())
+    assert rebuild(clf.source.to_dict(), expected_hash=clf.weights_hash[:12]).labels[1] == "b"
+
+
 class _Net(nn.Module):
     def __init__(self, n=1000):
         super().__init__()
@@ -93,28 +168,5 @@ class _Net(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_torchvision_adapter_reads_weights_metadata(monkeypatch):
-    """torchvision does not import beside torch 2.13 here; a stand-in with its API checks our adapter."""
-    tf = types.SimpleNamespace(crop_size=[224], resize_size=[232], mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6],
-                               interpolation=types.SimpleNamespace(value="bilinear"))
-    weights = types.SimpleNamespace(transforms=lambda: tf, meta={"categories": [f"c{i}" for i in range(1000)]})
-    models = types.SimpleNamespace(get_model_weights=lambda name: types.SimpleNamespace(DEFAULT=weights),
-                                   get_model=lambda name, weights: _Net())
-    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(models=models))
-    monkeypatch.setattr(zoo, "is_installed", lambda m: True)
-    clf = fv.load_model("torchvision:resnet50")
-    assert clf.name == "torchvision:resnet50" and clf.input_size == 224
-    assert clf.preprocess.crop_fraction == pytest.approx(224 / 232) and clf.preprocess.interpolation == "bilinear"
-    assert clf.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
-    assert clf.labels[281] == "tabby"  # 1000 classes: the ImageNet labels with synonyms
-
-
-def test_timm_adapter_reads_data_config(monkeypatch):
-    cfg = {"input_size": (3, 256, 256), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 0.95,
-           "interpolation": "bicubic"}
-    timm = types.SimpleNamespace(create_model=lambda name, pretrained: _Net(10),
-                                 data=types.SimpleNamespace(resolve_data_config=lambda args, model: cfg))
-    monkeypatch.setitem(sys.modules, "timm", timm)
-    monkeypatch.setattr(zoo, "is_installed", lambda m: True)
-    clf = fv.load_model("timm:vit_tiny")
-    assert clf.input_size == 256 and clf.preprocess.crop_fraction == 0.95 and len(clf.labels) == 1000
+# The torchvision and timm sources are tested for real, with torchvision and timm installed, in
+# tests/integration (scripts/test_integration.sh): PyPI's torchvision does not import beside this suite's torch.

@@ -59,6 +59,23 @@ class _GuidedReLU(torch.autograd.Function):
         return grad.clamp(min=0) * mask, None
 
 
+# Activations whose backward guided backprop has no rule for (it is defined on ReLU's gate, Springenberg et al.
+# 2015). Swapping only the ReLUs of a model that also has these would give a map of neither method.
+_NON_RELU = ("GELU", "SiLU", "Swish", "Hardswish", "HardSwish", "Mish", "ELU", "SELU", "CELU", "Softplus",
+             "QuickGELU", "GELUTanh", "HardMish")
+
+
+def _non_relu_activations(clf) -> dict[str, int]:
+    from featvis.layers import root
+
+    found: dict[str, int] = {}
+    for m in root(clf).modules():
+        kind = type(m).__name__
+        if kind in _NON_RELU:
+            found[kind] = found.get(kind, 0) + 1
+    return found
+
+
 def _guided_forward(module: nn.Module):
     upper = 6.0 if isinstance(module, nn.ReLU6) else None
     return lambda x: _GuidedReLU.apply(x, upper)
@@ -70,11 +87,18 @@ def guided_backprop(clf, images: torch.Tensor, target=None, *, score: str = "log
     """Guided backpropagation (Springenberg et al. 2015): at every ReLU, only positive gradients pass back.
 
     Applies to `nn.ReLU` and `nn.ReLU6` modules (also reused or in-place ones); functional relus inside a
-    custom forward are not seen. Known to ignore the top layers' weights (Adebayo et al. 2018): see `sanity`.
+    custom forward are not seen. A model with other activation modules (GELU, SiLU, Hardswish: ViTs, ConvNeXt,
+    EfficientNet, MobileNetV3) is refused: the rule is not defined for them. Known to ignore the top layers'
+    weights (Adebayo et al. 2018): see `sanity`.
 
     Returns:
         [B, H, W] (or [B, 3, H, W] with reduce="none").
     """
+    other = _non_relu_activations(clf)
+    if other:
+        kinds = ", ".join(f"{k} ({n}×)" for k, n in other.items())
+        raise FeatvisError(f"guided-backprop is defined for ReLU networks and this model uses {kinds}; use gradient, "
+                           "integrated-gradients or gradcam")
     images, targets = prepare(clf, images, target)
     with swapped_forward(clf, (nn.ReLU, nn.ReLU6), _guided_forward) as n:
         if n == 0:

@@ -3,13 +3,16 @@
 from featvis.models.checkpoint import load_checkpoint
 from featvis.models.classifier import Classifier, Prediction, Preprocess, frozen
 from featvis.models.labels import Labels, imagenet_labels
-from featvis.models.zoo import DEFAULT_MODEL, MODELS, available_models, load_model
+from featvis.models.source import ModelSource
+from featvis.models.zoo import DEFAULT_MODEL, MODELS, SOURCES, available_models, load_model, rebuild
 
 __all__ = [
     "DEFAULT_MODEL",
     "MODELS",
+    "SOURCES",
     "Classifier",
     "Labels",
+    "ModelSource",
     "Prediction",
     "Preprocess",
     "available_models",
@@ -17,4 +20,5 @@ __all__ = [
     "imagenet_labels",
     "load_checkpoint",
     "load_model",
+    "rebuild",
 ]

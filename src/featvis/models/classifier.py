@@ -12,6 +12,7 @@ from torch import nn
 
 from featvis.errors import FeatvisError
 from featvis.models.labels import Labels, imagenet_labels
+from featvis.models.source import ModelSource
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,10 +67,12 @@ class Classifier(nn.Module):
         if labels is None:
             labels = imagenet_labels() if num_classes in (None, 1000) else Labels.generic(num_classes)
         elif not isinstance(labels, Labels):
-            labels = Labels([(str(name_),) for name_ in labels])
+            labels = Labels([(str(n),) if isinstance(n, str) else tuple(map(str, n)) for n in labels])
         self.labels: Labels = labels
         self.preprocess = preprocess
         self.name = name
+        # How `load_model` made it (None for `wrap`): what a worker process needs to rebuild it (models.rebuild).
+        self.source: ModelSource | None = None
         self._weights_hash: str | None = None
         self.eval()
 
@@ -85,7 +88,11 @@ class Classifier(nn.Module):
         crop_fraction: float = 1.0,
         name: str = "custom",
     ) -> Classifier:
-        """Turn any network that maps normalized [B, 3, H, W] images to logits into a Classifier."""
+        """Turn any network that maps normalized [B, 3, H, W] images to logits into a Classifier.
+
+        The result has no `source` (None): it cannot be rebuilt in another process. To run it on workers, save
+        it (TorchScript, or its weights for a named architecture) and load it by path with `load_model`.
+        """
         if isinstance(net, Classifier):
             return net
         if not isinstance(net, nn.Module):

