@@ -8,6 +8,7 @@ from featvis.adversarial import ATTACKS
 from featvis.attribution import ATTRIBUTIONS
 
 from _models import TinyConvNet
+from _vit import TinyAttnViT
 
 FAST = {"smoothgrad": {"samples": 2}, "smoothgrad-sq": {"samples": 2}, "vargrad": {"samples": 2},
         "integrated-gradients": {"steps": 4}, "occlusion": {"window": 8, "stride": 8}}
@@ -20,10 +21,16 @@ def _state(net):
         [p.grad is None for p in net.parameters()]
 
 
+def _net(name):
+    """A tiny model the method applies to: methods that need attention layers get a tiny ViT."""
+    needs = ATTRIBUTIONS.get(name).info.get("needs")
+    return TinyAttnViT(classes=4, size=32) if needs == "attention" else TinyConvNet()
+
+
 @pytest.mark.parametrize("name", ATTRIBUTIONS.names())
 def test_method_leaves_no_trace(name):
-    net = TinyConvNet().train()
-    net.conv1.weight.requires_grad_(False)
+    net = _net(name).train()
+    next(net.parameters()).requires_grad_(False)
     clf = fv.Classifier.wrap(net, labels=list("abcd"), input_size=32)
     clf.train()
     before = _state(net)
@@ -36,7 +43,7 @@ def test_method_leaves_no_trace(name):
 
 @pytest.mark.parametrize("name", ATTRIBUTIONS.names())
 def test_method_cleans_up_after_an_exception(name, monkeypatch):
-    net = TinyConvNet().eval()
+    net = _net(name).eval()
     clf = fv.Classifier.wrap(net, labels=list("abcd"), input_size=32)
     fv.list_layers(clf)  # probe before the failure is armed
 
@@ -44,7 +51,7 @@ def test_method_cleans_up_after_an_exception(name, monkeypatch):
         raise RuntimeError("model failed")
 
     before = _state(net)
-    monkeypatch.setattr(net.fc, "forward", boom)
+    monkeypatch.setattr(net.fc if hasattr(net, "fc") else net.head, "forward", boom)
     with pytest.raises(RuntimeError, match="model failed"):
         ATTRIBUTIONS.get(name)(clf, torch.rand(1, 3, 32, 32), 0, **FAST.get(name, {}))
     monkeypatch.undo()

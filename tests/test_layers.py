@@ -144,3 +144,39 @@ def test_list_layers_and_default(clf):
     assert fv.default_layer(clf) == "_bn1"
     tiny = TinyConvNet()
     assert fv.default_layer(tiny) == "conv2"
+
+
+def test_token_layouts_with_any_number_of_prefix_tokens():
+    from featvis.layers import TokenLayout, token_layout
+
+    from _vit import TinyAttnViT
+
+    tokens = torch.arange(2 * 21 * 3, dtype=torch.float32).view(2, 21, 3)  # 5 prefix tokens + a 4 × 4 grid
+    grid = to_spatial(tokens, TokenLayout(5, (4, 4)))
+    torch.testing.assert_close(grid[:, :, 1, 2], tokens[:, 5 + 1 * 4 + 2])  # prefix dropped, row-major grid
+    torch.testing.assert_close(to_spatial(tokens), grid)  # no metadata: the largest square, 5 tokens before it
+    assert to_spatial(tokens[:, 5:], TokenLayout(5, (4, 4))).shape == (2, 3, 4, 4)  # a patch embedding's output
+    assert to_spatial(torch.zeros(1, 2 + 8, 3), TokenLayout(2, (2, 4))).shape == (1, 3, 2, 4)  # non-square grid
+    assert to_spatial(torch.zeros(1, 25 + 9, 3)).shape == (1, 34, 3)  # 9 > MAX_GUESSED_PREFIX: left alone
+    vit = TinyAttnViT(registers=4)
+    assert token_layout(vit) == TokenLayout(5, (4, 4), (0,))
+    assert token_layout(TinyAttnViT(global_pool="avg")).readout == ()
+    x = torch.rand(2, 3, 32, 32)
+    with capture(vit, "blocks.1.norm1", detach=True) as cap:
+        vit(x)
+    assert cap.act().shape == (2, 16, 4, 4)
+    torch.testing.assert_close(cap.act()[:, :, 3, 0], cap.calls["blocks.1.norm1"][-1][:, 5 + 12])
+
+
+def test_vit_default_layer_is_the_last_attention_input():
+    """After the last attention each token is processed alone and the head reads the class token: the patch
+    tokens of the final norm get no gradient at all, so Grad-CAM there is zero. The last block's norm1 is not."""
+    from _vit import TinyAttnViT
+
+    for attention in ("timm", "torch"):
+        clf = fv.Classifier.wrap(TinyAttnViT(attention=attention), labels=list("abcde"), input_size=32)
+        assert fv.default_layer(clf) == "blocks.1.norm1"
+        x = torch.rand(2, 3, 32, 32)
+        at_default = fv.saliency(clf, x, 0, method="gradcam", relu=False)
+        at_norm = fv.saliency(clf, x, 0, method="gradcam", relu=False, layer="norm")
+        assert at_default.abs().amax() > 1e-4 and at_norm.abs().amax() == 0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from featvis.attribution import cam, expected, gradient, integrated, occlusion, rise, smoothgrad  # noqa: F401 (registers)
+from featvis.attribution import cam, expected, gradient, integrated, occlusion, rise, smoothgrad, vit  # noqa: F401 (registers)
 from featvis.attribution._base import ATTRIBUTIONS, REDUCTIONS, SCORES, resolve_targets
 
 
