@@ -77,3 +77,34 @@ class PickledNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.mean((2, 3)))
+
+
+class TinyBNNet(nn.Module):
+    """conv1 → BatchNorm → ReLU(inplace) → conv2 → BatchNorm → ReLU(inplace, reused) → pool → fc.
+
+    In train mode every forward pass updates the BatchNorm running statistics: a function that runs the model
+    outside eval mode leaves a visible trace (tests/test_public_hygiene.py).
+    """
+
+    def __init__(self, classes: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, stride=2)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, classes)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if not name.startswith("bn"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            for bn in (self.bn1, self.bn2):  # non-trivial statistics, so eval and train mode differ
+                bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=g) * 0.1)
+                bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(x)))
+        return self.fc(self.pool(x).flatten(1))

@@ -66,10 +66,11 @@ def explain(clf, images: torch.Tensor, target=None, *, methods: Sequence[str] = 
         >>> explain(clf, x, "tabby", methods=["gradient", "integrated-gradients", "gradcam"])
     """
     from featvis.attribution._base import prepare
+    from featvis.models.classifier import frozen
 
     images, targets = prepare(clf, images, target)
     maps = {ATTRIBUTIONS.canonical(m): ATTRIBUTIONS.get(m)(clf, images, targets, **options) for m in methods}
-    with torch.no_grad():
+    with torch.no_grad(), frozen(clf):  # eval mode: a train-mode pass would move BatchNorm statistics
         probs = clf(images).softmax(-1).gather(1, targets[:, None])[:, 0]
     return SaliencyResult(images, maps, targets, probs, [clf.labels[int(t)] for t in targets])
 
