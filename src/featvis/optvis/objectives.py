@@ -98,6 +98,16 @@ def class_prob(target: int | str | Sequence[int | str]) -> Objective:
     return Objective(fn, (LOGITS,), f"class_prob({target})")
 
 
+def _unit_maps(acts: torch.Tensor, layer: str) -> torch.Tensor:
+    """Activations as [B, C, H, W]; a [B, C] output (a linear layer, pooled features) is C units, each a 1×1 map."""
+    if acts.ndim == 2:
+        return acts[:, :, None, None]
+    if acts.ndim != 4:
+        raise FeatvisError(f"layer {layer!r} outputs {list(acts.shape[1:])} per image; channel, neuron and direction "
+                           "objectives need [C, H, W] maps or [C] units: pick another layer (featvis layers)")
+    return acts
+
+
 def _check_channel(acts: torch.Tensor, n: int, layer: str) -> None:
     if not 0 <= n < acts.shape[1]:
         raise FeatvisError(f"channel {n} is out of range for layer {layer!r} with {acts.shape[1]} channels")
@@ -107,7 +117,7 @@ def channel(layer: str, n: int | Sequence[int]) -> Objective:
     """Mean activation of channel `n` of `layer` (one channel per image with a list)."""
 
     def fn(c: Context) -> torch.Tensor:
-        a = c.act(layer)
+        a = _unit_maps(c.act(layer), layer)
         ns = _per_image(n, a.shape[0], "channel")
         for k in set(ns):
             _check_channel(a, k, layer)
@@ -121,7 +131,7 @@ def neuron(layer: str, n: int | Sequence[int], x: int | None = None, y: int | No
     """The activation of channel `n` at one spatial position (the centre by default)."""
 
     def fn(c: Context) -> torch.Tensor:
-        a = c.act(layer)
+        a = _unit_maps(c.act(layer), layer)
         ns = _per_image(n, a.shape[0], "neuron")
         for k in set(ns):
             _check_channel(a, k, layer)
@@ -144,7 +154,7 @@ def direction(layer_name: str, vector: torch.Tensor) -> Objective:
     """Activation along a direction in channel space, averaged over positions (Lucid's `direction`)."""
 
     def fn(c: Context) -> torch.Tensor:
-        a = c.act(layer_name)
+        a = _unit_maps(c.act(layer_name), layer_name)
         v = torch.as_tensor(vector, dtype=a.dtype, device=a.device).flatten()
         if v.numel() != a.shape[1]:
             raise FeatvisError(f"direction has {v.numel()} entries; layer {layer_name!r} has {a.shape[1]} channels")
