@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 from collections.abc import Iterable
 
 
@@ -27,3 +29,36 @@ def did_you_mean(kind: str, name: str, choices: Iterable[str], hint: str = "") -
     listed = ", ".join(repr(c) for c in near)
     tail = f"; {hint}" if hint else ""
     return FeatvisError(f"unknown {kind} {name!r}; did you mean {listed}?{tail}")
+
+
+def display_path(path: str | os.PathLike | bytes) -> str:
+    r"""A path as printable text: bytes that are not UTF-8 and control characters become backslash escapes.
+
+    File names are bytes on POSIX; Python keeps undecodable ones as lone surrogates ('bad\udcff.png'), which
+    cannot be printed, logged or encoded as UTF-8. This renders them the way a `bytes` repr does, so messages and
+    keys stay one printable line. Valid non-ASCII text stays as it is.
+
+    Example:
+        >>> display_path(b"bad\xff.png"), display_path("new\nline.png"), display_path("café.png")
+        ('bad\\xff.png', 'new\\nline.png', 'café.png')
+    """
+    try:
+        raw = os.fsencode(path)  # the bytes the OS holds (surrogateescape undone)
+    except UnicodeEncodeError:  # a surrogate that did not come from the file system
+        raw = os.fspath(path).encode("utf-8", "backslashreplace")  # type: ignore[union-attr]
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def os_error_message(e: OSError, path: str | os.PathLike | bytes) -> str:
+    """One line for a failed write of `path`: what happened and what to do (disk full, permissions, read-only)."""
+    where = f"'{display_path(path)}'"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        quota = " (quota exceeded)" if e.errno == errno.EDQUOT else ""
+        return f"disk full while writing {where}{quota}; free space and rerun to resume"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot write {where}: permission denied; choose another output folder or fix its permissions"
+    if e.errno == errno.EROFS:
+        return f"cannot write {where}: the file system is read-only; choose another output folder"
+    text = (e.strerror or str(e)).strip()
+    return f"cannot write {where}: {text.splitlines()[0] if text else type(e).__name__}"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from featvis.errors import FeatvisError
+from featvis.errors import FeatvisError, display_path
 
 MAX_PIXELS = 64_000_000  # 8000×8000; larger files are refused as possible decompression bombs
 MIN_SIDE = 8  # smaller images carry no usable content for an ImageNet model
@@ -42,21 +42,6 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Look
 _ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as in most viewers
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray | torch.Tensor
-
-
-def display_path(path: str | os.PathLike | bytes) -> str:
-    """A path as printable text: bytes that are not UTF-8 and control characters become backslash escapes.
-
-    File names are bytes on POSIX; Python keeps undecodable ones as lone surrogates ('bad\\udcff.png'), which
-    cannot be printed, logged or hashed as UTF-8. This renders them the way `bytes` repr does, so messages and
-    keys stay one printable line: `display_path(b"bad\\xff.png") == "bad\\\\xff.png"`.
-    """
-    try:
-        raw = os.fsencode(path)  # the bytes the OS holds (surrogateescape undone)
-    except UnicodeEncodeError:  # a surrogate that did not come from the file system
-        raw = os.fspath(path).encode("utf-8", "backslashreplace")  # type: ignore[union-attr]
-    text = raw.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _first_line(e: BaseException) -> str:
