@@ -14,3 +14,39 @@ def finite_difference_saliency(fn, x: torch.Tensor, c: int, pixels: list[tuple[i
         xm[0, ch, i, j] -= h
         out.append(((fn(xp)[0, c] - fn(xm)[0, c]) / (2 * h)).item())
     return torch.tensor(out, dtype=torch.float64)
+
+
+def road_impute_reference(img: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """ROAD's linear imputation (no noise), in float64 with a dense solve: a line-by-line port of the reference
+    `NoisyLinearImputer.setup_sparse_system` (tleemann/road_evaluation, vendored in pytorch-grad-cam).
+
+    img: [C, H, W]; keep: [H, W] bool (True = known). Returns the imputed [C, H, W].
+    """
+    weights = [((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
+               ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6)]
+    c, h, w = img.shape
+    flat = img.reshape(c, -1).double()
+    known = keep.reshape(-1)
+    unknown = torch.nonzero(~known).flatten().tolist()
+    index = {p: i for i, p in enumerate(unknown)}
+    n = len(unknown)
+    a = torch.zeros(n, n, dtype=torch.float64)
+    rhs = torch.zeros(n, c, dtype=torch.float64)
+    for i, p in enumerate(unknown):
+        y, x = divmod(p, w)
+        total = 1.0
+        for (dy, dx), wt in weights:
+            yy, xx = y + dy, x + dx
+            if not (0 <= yy < h and 0 <= xx < w):
+                total -= wt  # neighbours outside the image drop out
+                continue
+            q = yy * w + xx
+            if known[q]:
+                rhs[i] -= wt * flat[:, q]
+            else:
+                a[i, index[q]] = wt
+        a[i, i] = -total
+    out = flat.clone()
+    if n:
+        out[:, unknown] = torch.linalg.solve(a, rhs).t()
+    return out.view(c, h, w)
