@@ -15,11 +15,19 @@ from featvis.errors import FeatvisError
 from featvis.images import load_image, load_images, quantize, save_image
 from featvis.layers import capture, default_layer, find_layer, forward_until, list_layers
 from featvis.models import Classifier, Labels, Prediction, available_models, imagenet_labels, load_model
-from featvis.optvis import class_visualization, feature_visualization, objectives, render
+from featvis.optvis import (
+    AccentuationResult,
+    accentuate,
+    class_visualization,
+    feature_visualization,
+    objectives,
+    render,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccentuationResult",
     "Classifier",
     "FeatvisError",
     "FoolingResult",
@@ -27,6 +35,7 @@ __all__ = [
     "Prediction",
     "RobustnessResult",
     "__version__",
+    "accentuate",
     "available_models",
     "capture",
     "class_visualization",

@@ -215,3 +215,21 @@ def snapshot_strip(snapshots: Mapping[int, torch.Tensor], index: int = 0) -> plt
         ax.set_title(f"step {s}", fontsize=8)
         ax.axis("off")
     return fig
+
+
+def accentuation_panels(result, max_rows: int = 8, gain: float = 4.0) -> plt.Figure:
+    """Feature accentuation, one row per photo: original | accentuated | difference (0.5 + gain·Δ)."""
+    n = min(result.original.shape[0], max_rows)
+    fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.9 * n), squeeze=False, constrained_layout=True)
+    for i in range(n):
+        delta = result.accentuated[i] - result.original[i]
+        axes[i, 0].imshow(_img(result.original[i]))
+        axes[i, 0].set_title(f"original\n{result.layer}:{result.channels[i]} = {float(result.before[i]):.2f}",
+                             fontsize=9)
+        axes[i, 1].imshow(_img(result.accentuated[i]))
+        axes[i, 1].set_title(f"accentuated\nactivation {float(result.after[i]):.2f}", fontsize=9)
+        axes[i, 2].imshow(_img((0.5 + gain * delta).clamp(0, 1)))
+        axes[i, 2].set_title(f"difference ×{gain:g}\nPSNR {float(result.psnr[i]):.1f} dB", fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig

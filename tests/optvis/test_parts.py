@@ -17,8 +17,13 @@ def test_gradcheck_differentiable_pieces():
     assert torch.autograd.gradcheck(lambda z: gaussian_blur(z, 1.0), (x,))
     assert torch.autograd.gradcheck(lambda z: P.to_valid(z, True, "sigmoid"), (x,))
     gen = torch.Generator().manual_seed(0)
-    for t in (T.random_rotate([7.0]), T.random_scale([1.1]), T.jitter(3), T.pad(2), T.roll_jitter(2)):
+    for t in (T.random_rotate([7.0]), T.random_scale([1.1]), T.jitter(3), T.pad(2), T.roll_jitter(2), T.translate(3),
+              T.random_affine([1.1], [5.0]), T.random_crops(8, (0.5, 0.9)), T.noise(0.1)):
         assert torch.autograd.gradcheck(lambda z, t=t: t(z, torch.Generator().manual_seed(1)), (x,)), t
+    pair = torch.rand(2, 3, 10, 10, dtype=torch.float64, requires_grad=True)
+    for t in (T.jitter(3), T.random_crops(8, (0.5, 0.9)), T.random_rotate([7.0, -4.0])):  # one draw per image
+        assert torch.autograd.gradcheck(lambda z, t=t: t(z, [torch.Generator().manual_seed(s) for s in (1, 2)]),
+                                        (pair,)), t
     fft = P.FFTImage(8, 1, generator=gen).double()
     spec = fft.spectrum.detach().clone().requires_grad_(True)
 
@@ -99,3 +104,38 @@ def test_fixed_size_transforms_keep_one_shape():
     assert shapes == {(2, 3, 44, 44)}  # pad 12 per side, minus the 8 and 4 px jitter crops: always +12
     zoom = T.random_affine([2.0], [0.0])(torch.arange(16.0).view(1, 1, 4, 4).expand(1, 3, 4, 4), None)
     assert zoom.shape == (1, 3, 4, 4) and zoom[0, 0, 1:3, 1:3].std() < torch.arange(16.0).std()
+
+
+def test_per_image_generators_draw_per_image_and_match_single_renders():
+    x = torch.rand(2, 3, 20, 20)
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (3, 4)]
+
+    out = T.compose(T.fixed_size_transforms())(x, gens())
+    alone = T.compose(T.fixed_size_transforms())(x[1:], [torch.Generator().manual_seed(4)])
+    torch.testing.assert_close(out[1:], alone)  # image 1's draw depends only on its own generator
+    same = T.random_crops(12, (0.3, 0.6))(x[:1].expand(2, -1, -1, -1), gens())
+    assert not torch.allclose(same[0], same[1])  # the same image, two different draws
+
+
+def test_random_crops_cut_the_expected_box():
+    x = torch.arange(64.0).view(1, 1, 8, 8).expand(1, 3, 8, 8).contiguous()
+    full = T.random_crops(8, (1.0, 1.0), 0.0)(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(full, x)  # a centred crop of the whole image is the image
+    half = T.random_crops(4, (0.5, 0.5), 0.0)(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(half, x[..., 2:6, 2:6])  # the centre half, pixel for pixel
+    inside = T.random_crops(8, (0.3, 0.5), None)
+    for s in range(10):  # loc_std=None keeps every crop inside the image: no black border
+        assert inside(x + 1, torch.Generator().manual_seed(s)).min() > 0.5
+
+
+def test_lucent_transforms_follow_lucent_sizes():
+    x = torch.rand(1, 3, 224, 224)
+    sizes = {T.compose(T.lucent_transforms())(x, torch.Generator().manual_seed(s)).shape[-1] for s in range(30)}
+    assert min(sizes) >= 248 and max(sizes) <= 273 and len(sizes) > 3
+    for seed in range(6):
+        shifted = T.translate(4)(torch.ones(1, 1, 6, 6), torch.Generator().manual_seed(seed))
+        dy, dx = int((shifted[0, 0, :, -1] == 0).sum()), int((shifted[0, 0, -1] == 0).sum())
+        assert shifted.shape == (1, 1, 6, 6) and 0 <= dy < 4 and 0 <= dx < 4  # same size, shift of 0..3
+        assert shifted[..., dy:, dx:].eq(1).all() and shifted.sum() == (6 - dy) * (6 - dx)  # black fill

@@ -23,6 +23,7 @@ class Context:
     images: torch.Tensor
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     clf: object = None
+    views: int = 1  # views of each image the model saw this step (images and activations are view-major)
 
     def act(self, layer: str) -> torch.Tensor:
         return self.acts[layer]
@@ -68,11 +69,16 @@ def _merge(a: Objective, b: Objective) -> tuple[str, ...]:
     return tuple(dict.fromkeys(a.layers + b.layers))
 
 
-def _per_image(values, batch: int, what: str) -> torch.Tensor:
+def _per_image(values, batch: int, what: str, views: int = 1) -> list:
+    """One value per image. The model may see several views of each image per step (render's `views`), laid out
+    view-major ([view 0 of every image, view 1 of every image, ...]): a list for the images repeats per view."""
     if isinstance(values, torch.Tensor):
         values = values.flatten().tolist()
     if isinstance(values, (int, str)):
         values = [values] * batch
+    values = list(values)
+    if views > 1 and len(values) * views == batch:
+        values = values * views
     if len(values) != batch:
         raise FeatvisError(f"{what} has {len(values)} entries for a batch of {batch}; give one, or one per image")
     return values
@@ -82,7 +88,7 @@ def class_logit(target: int | str | Sequence[int | str]) -> Objective:
     """The class's logit (pre-softmax score), as the lab and Simonyan et al. optimize."""
 
     def fn(c: Context) -> torch.Tensor:
-        idx = [c.clf.labels.lookup(t) for t in _per_image(target, c.logits.shape[0], "class_logit")]
+        idx = [c.clf.labels.lookup(t) for t in _per_image(target, c.logits.shape[0], "class_logit", c.views)]
         return c.logits.gather(1, torch.tensor(idx, device=c.logits.device)[:, None])[:, 0]
 
     return Objective(fn, (LOGITS,), f"class_logit({target})")
@@ -92,7 +98,7 @@ def class_prob(target: int | str | Sequence[int | str]) -> Objective:
     """The class's log-probability (maximizing it also pushes the other classes down)."""
 
     def fn(c: Context) -> torch.Tensor:
-        idx = [c.clf.labels.lookup(t) for t in _per_image(target, c.logits.shape[0], "class_prob")]
+        idx = [c.clf.labels.lookup(t) for t in _per_image(target, c.logits.shape[0], "class_prob", c.views)]
         return c.logits.log_softmax(-1).gather(1, torch.tensor(idx, device=c.logits.device)[:, None])[:, 0]
 
     return Objective(fn, (LOGITS,), f"class_prob({target})")
@@ -118,7 +124,7 @@ def channel(layer: str, n: int | Sequence[int]) -> Objective:
 
     def fn(c: Context) -> torch.Tensor:
         a = _unit_maps(c.act(layer), layer)
-        ns = _per_image(n, a.shape[0], "channel")
+        ns = _per_image(n, a.shape[0], "channel", c.views)
         for k in set(ns):
             _check_channel(a, k, layer)
         idx = torch.tensor(ns, device=a.device)
@@ -132,7 +138,7 @@ def neuron(layer: str, n: int | Sequence[int], x: int | None = None, y: int | No
 
     def fn(c: Context) -> torch.Tensor:
         a = _unit_maps(c.act(layer), layer)
-        ns = _per_image(n, a.shape[0], "neuron")
+        ns = _per_image(n, a.shape[0], "neuron", c.views)
         for k in set(ns):
             _check_channel(a, k, layer)
         yy = a.shape[2] // 2 if y is None else y
@@ -169,13 +175,14 @@ def diversity(layer_name: str) -> Objective:
 
     def fn(c: Context) -> torch.Tensor:
         a = c.act(layer_name)
-        b, ch = a.shape[:2]
+        n, ch = a.shape[:2]
+        b = n // c.views  # images per view: each view's images are compared with each other
         if b < 2:
-            return torch.zeros(b, device=a.device)
-        flat = a.reshape(b, ch, -1)
-        gram = torch.nn.functional.normalize((flat @ flat.transpose(1, 2)).reshape(b, -1), dim=1)
-        sim = gram @ gram.T
-        return -(sim.sum(1) - sim.diagonal()) / (b - 1)
+            return torch.zeros(n, device=a.device, dtype=a.dtype)
+        flat = a.reshape(c.views, b, ch, -1)
+        gram = torch.nn.functional.normalize((flat @ flat.transpose(-1, -2)).reshape(c.views, b, -1), dim=-1)
+        sim = gram @ gram.transpose(1, 2)  # [views, b, b]
+        return (-(sim.sum(-1) - sim.diagonal(dim1=1, dim2=2)) / (b - 1)).reshape(n)
 
     return Objective(fn, (layer_name,), f"diversity({layer_name})")
 
