@@ -50,3 +50,23 @@ def road_impute_reference(img: torch.Tensor, keep: torch.Tensor) -> torch.Tensor
     if n:
         out[:, unknown] = torch.linalg.solve(a, rhs).t()
     return out.view(c, h, w)
+
+
+def bilinear_upsample_reference(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a 2-D grid [h, w] to `size` with pixel centres aligned (align_corners=False, edges
+    clamped), written out per output pixel in float64."""
+    h, w = grid.shape
+    out = torch.empty(size, dtype=torch.float64)
+    sy, sx = h / size[0], w / size[1]
+    for i in range(size[0]):
+        y = max((i + 0.5) * sy - 0.5, 0.0)
+        y0 = min(int(y), h - 1)
+        y1, fy = min(y0 + 1, h - 1), y - y0
+        for j in range(size[1]):
+            x = max((j + 0.5) * sx - 0.5, 0.0)
+            x0 = min(int(x), w - 1)
+            x1, fx = min(x0 + 1, w - 1), x - x0
+            top = grid[y0, x0] * (1 - fx) + grid[y0, x1] * fx
+            bottom = grid[y1, x0] * (1 - fx) + grid[y1, x1] * fx
+            out[i, j] = top * (1 - fy) + bottom * fy
+    return out

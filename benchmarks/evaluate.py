@@ -1,0 +1,177 @@
+"""Which explanation to trust for EfficientNet-Lite0: every attribution method × every metric on the bundled photos,
+with the random-map baseline, bootstrap intervals and beats-random flags; the known results (Adebayo: guided backprop
+fails randomization; RISE vs Grad-CAM on deletion/insertion; SmoothGrad family on ROAD); the cost per image per
+method and metric; and each metric's time over the time of the bare batched forwards it needs.
+
+    python benchmarks/evaluate.py [--quick] [--steps-pixels N]
+
+Settings below are what a shared 2-core CPU affords in under an hour; each departure from a paper's default is
+named in the JSON (`settings`). Results: benchmarks/results/evaluate.json (rewritten after every method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import featvis as fv
+from featvis.attribution import metrics as curves
+from featvis.attribution.evaluation import RANDOM, evaluate_batch, summarize
+from featvis.attribution.road import linear_impute, removal_masks, road
+from featvis.attribution.sanity import FLAG_SPEARMAN
+from featvis.models.classifier import frozen
+
+from _common import machine, save
+
+# Method options on this CPU (paper defaults in brackets); cheap methods first, so a partial run is still useful.
+METHODS = {
+    "gradient": {}, "input-x-gradient": {}, "guided-backprop": {}, "gradcam": {}, "gradcam++": {}, "layercam": {},
+    "smoothgrad": {"samples": 10}, "smoothgrad-sq": {"samples": 10}, "vargrad": {"samples": 10},  # [50]
+    "integrated-gradients": {"steps": 16},  # [50]
+    "expected-gradients": {"samples": 16},  # references: the other photos
+    "rise": {"masks": 300},  # [4000]
+    "scorecam": {"layer": "_blocks.15"},  # 320 channels instead of _bn1's 1280 (4× fewer forwards)
+}
+CORE = ("deletion", "insertion", "road-morf", "road-lerf", "road-gap", "infidelity", "sparseness", "seconds")
+# Metrics that re-run the method: only where the method costs one or a few passes per image.
+SENSITIVITY = {"gradient", "input-x-gradient", "guided-backprop", "gradcam", "gradcam++", "layercam"}
+EMPRT = SENSITIVITY | {"smoothgrad", "smoothgrad-sq", "vargrad", "integrated-gradients", "expected-gradients"}
+RANDOMIZATION = {"gradient", "guided-backprop"}
+ROAD_FRACTIONS = (0.2, 0.5, 0.8)  # [0.1 … 0.9 by 0.1]
+SENS_SAMPLES = 3  # [10]
+INFIDELITY_SAMPLES = 8  # [16]
+
+
+def bare_forward_seconds(clf, images: torch.Tensor, count: int, chunk: int) -> float:
+    """Time of `count` forwards of images like these in chunks of `chunk`, nothing else (no_grad, eval)."""
+    x = images[:1].expand(chunk, -1, -1, -1).contiguous()
+    with torch.no_grad(), frozen(clf):
+        clf(x)
+        t0 = time.perf_counter()
+        done = 0
+        while done < count:
+            n = min(chunk, count - done)
+            clf(x[:n])
+            done += n
+    return time.perf_counter() - t0
+
+
+def ratios(clf, photos: torch.Tensor, maps: torch.Tensor, pixels: int, chunk: int) -> dict:
+    """Metric time ÷ time of the same number of bare forwards in the same chunks."""
+    b, _, h, w = photos.shape
+    out = {}
+    n = -(-h * w // pixels)
+    t0 = time.perf_counter()
+    curves.deletion(clf, photos, maps, pixels_per_step=pixels, batch_size=chunk)
+    t = time.perf_counter() - t0
+    fwd = bare_forward_seconds(clf, photos, b * (n + 1) + b, chunk)
+    out["deletion"] = {"seconds": t, "forwards": b * (n + 1) + b, "forward_seconds": fwd, "ratio": t / fwd}
+    t0 = time.perf_counter()
+    road(clf, photos, maps, fractions=ROAD_FRACTIONS, batch_size=chunk)
+    t = time.perf_counter() - t0
+    count = b * 2 * len(ROAD_FRACTIONS) + b
+    fwd = bare_forward_seconds(clf, photos, count, chunk)
+    out["road"] = {"seconds": t, "forwards": count, "forward_seconds": fwd, "ratio": t / fwd,
+                   "note": "the rest is the imputation's linear solve, not model calls"}
+    return out
+
+
+def road_tolerance_effect(clf, photos: torch.Tensor, maps: torch.Tensor) -> dict:
+    """How much the CG tolerance moves ROAD's probabilities (default tolerance vs a 100× tighter solve)."""
+    loose = road(clf, photos, maps, fractions=(0.5, 0.9), noise=0.0)
+    tight = road(clf, photos, maps, fractions=(0.5, 0.9), noise=0.0, tol=1e-5)
+    morf, _ = removal_masks(maps, (0.9,))
+    a = linear_impute(photos[:1], morf[:1, 0])
+    c = linear_impute(photos[:1].double(), morf[:1, 0], tol=1e-9, max_iter=5000)
+    return {"max_abs_prob_diff": float(torch.cat([(loose.morf - tight.morf).abs(), (loose.lerf - tight.lerf).abs()])
+                                       .max()),
+            "max_abs_pixel_diff_vs_float64": float((a.double() - c).abs().max())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="3 methods, 2 photos (a smoke run)")
+    ap.add_argument("--steps-pixels", type=int, default=224 * 16, help="pixels per deletion/insertion step [224]")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    clf = fv.load_model()
+    names = fv.samples.names()
+    photos = torch.cat([fv.samples.load(n, clf) for n in names])
+    methods = dict(METHODS)
+    if args.quick:
+        photos, names = photos[:2], names[:2]
+        methods = {k: methods[k] for k in ("gradient", "gradcam", "guided-backprop")}
+    with torch.no_grad():
+        targets = clf(photos).argmax(-1)
+    seeds = list(range(len(names)))
+    metric_options = {"curves": {"pixels_per_step": args.steps_pixels}, "road": {"fractions": ROAD_FRACTIONS},
+                      "max-sensitivity": {"samples": SENS_SAMPLES}, "infidelity": {"samples": INFIDELITY_SAMPLES}}
+    settings = {"methods": methods, "pixels_per_step": args.steps_pixels, "road_fractions": ROAD_FRACTIONS,
+                "max_sensitivity_samples": SENS_SAMPLES, "infidelity_samples": INFIDELITY_SAMPLES,
+                "max_sensitivity_for": sorted(SENSITIVITY), "emprt_for": sorted(EMPRT),
+                "randomization_for": sorted(RANDOMIZATION), "photos": names, "targets": targets.tolist(),
+                "score": "softmax probability of the predicted class (all curve metrics)"}
+    records = [{"index": i, "target": int(targets[i]), "scores": {}, "seconds": {}, "curves": {}}
+               for i in range(len(names))]
+    data = {"machine": machine(), "model": clf.id, "settings": settings}
+
+    def merge(new):
+        for rec, add in zip(records, new, strict=True):
+            for key in ("scores", "seconds", "curves"):
+                rec[key].update(add[key])
+
+    def run(name, metrics, opts, rb=False):
+        t0 = time.perf_counter()
+        merge(evaluate_batch(clf, photos, targets, [name] if name != RANDOM else [], metrics, seed=seeds,
+                             method_options={name: opts}, metric_options=metric_options, random_baseline=rb))
+        print(f"{name:22s} {time.perf_counter() - t0:7.1f} s", flush=True)
+
+    every = (*CORE, "max-sensitivity", "emprt", "randomization")
+    run(RANDOM, every, {}, rb=True)
+    for name, opts in methods.items():
+        metrics = list(CORE)
+        if name in SENSITIVITY:
+            metrics.append("max-sensitivity")
+        if name in EMPRT:
+            metrics.append("emprt")
+        if name in RANDOMIZATION:
+            metrics.append("randomization")
+        run(name, metrics, opts)
+        board = summarize(records, seed=0)
+        data.update(records=records, leaderboard=board.to_dict())
+        save("evaluate", data)
+
+    board = summarize(records, seed=0)
+    lb = {(e.method, e.metric): e for e in board.entries}
+    known = {}
+    if ("guided-backprop", "randomization") in lb:
+        known["adebayo_randomization"] = {
+            "claim": "guided backprop stays similar when the top layers are randomized; the gradient does not",
+            "gradient": lb[("gradient", "randomization")].mean,
+            "guided-backprop": lb[("guided-backprop", "randomization")].mean, "flag_threshold": FLAG_SPEARMAN}
+    if ("rise", "deletion") in lb:
+        known["rise_vs_gradcam"] = {
+            "paper_resnet50": {"gradcam": [0.123, 0.677], "rise": [0.108, 0.727]},
+            "lite0_here": {m: [lb[(m, "deletion")].mean, lb[(m, "insertion")].mean] for m in ("gradcam", "rise")}}
+    known["smoothgrad_family_on_road"] = {
+        m: {k: lb[(m, k)].mean for k in ("road-morf", "road-lerf", "road-gap")}
+        for m in ("gradient", "smoothgrad", "smoothgrad-sq", "vargrad") if (m, "road-gap") in lb}
+    data["known_results"] = known
+    save("evaluate", data)
+    grad_maps = fv.attribution.saliency(clf, photos, targets)
+    data["ratios"] = ratios(clf, photos, grad_maps, args.steps_pixels, 32)
+    data["road_tolerance"] = road_tolerance_effect(clf, photos[:2], grad_maps[:2])
+    data.update(records=records, leaderboard=board.to_dict())
+    print(f"saved {save('evaluate', data)}")
+    for e in board.entries:
+        flag = "" if e.beats_random is None else ("  beats random" if e.beats_random else "  NOT better than random")
+        print(f"{e.method:22s} {e.metric:16s} {e.mean:9.4f} [{e.low:9.4f}, {e.high:9.4f}]{flag}")
+
+
+if __name__ == "__main__":
+    main()
