@@ -11,17 +11,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from typing import Any
 
-Listener = Callable[[str, float, float], None]  # (stage, done, total)
+Listener = Callable[[str, float, float, dict], None]  # (stage, done, total, extra: e.g. {"preview": images})
 
 _listener: ContextVar[Listener | None] = ContextVar("featvis_progress", default=None)
 
 
-def report(stage: str, done: float, total: float) -> None:
-    """Tell the current listener (if any) that `done` of `total` units of `stage` are finished."""
+def report(stage: str, done: float, total: float, **extra: Any) -> None:
+    """Tell the current listener (if any) that `done` of `total` units of `stage` are finished; `extra` may carry
+    e.g. `preview=` images for live displays."""
     listener = _listener.get()
     if listener is not None:
-        listener(stage, done, total)
+        listener(stage, done, total, extra)
 
 
 @contextlib.contextmanager

@@ -102,18 +102,20 @@ def metric_curves(curves: Mapping[str, object], index: int = 0) -> plt.Figure:
     return fig
 
 
-def sanity_curves(results: Sequence[object]) -> plt.Figure:
-    """Rank correlation with the original map as blocks are randomized from the logits down, per method."""
+def sanity_curves(units: Sequence[str], methods: Mapping[str, Mapping]) -> plt.Figure:
+    """Rank correlation with the original map as blocks are randomized from the logits down, per method.
+
+    `methods`: name -> {"spearman_abs": [n], "ssim": [n], "flagged": bool} (means over the images).
+    """
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    for r in results:
-        x = np.arange(1, len(r.units) + 1)
-        tag = " (flagged)" if r.flagged else ""
-        axes[0].plot(x, r.spearman_abs.mean(1).cpu().numpy(), marker="o", ms=3, label=r.method + tag)
-        axes[1].plot(x, r.ssim.mean(1).cpu().numpy(), marker="o", ms=3, label=r.method + tag)
-    units = results[0].units
-    for ax, name in zip(axes, ("Spearman rank correlation of |map|", "SSIM"), strict=True):
-        ax.set_xticks(np.arange(1, len(units) + 1), units, rotation=70, fontsize=6)
-        ax.set_ylabel(name)
+    x = np.arange(1, len(units) + 1)
+    for name, m in methods.items():
+        tag = " (flagged)" if m.get("flagged") else ""
+        axes[0].plot(x, np.asarray(m["spearman_abs"], dtype=float), marker="o", ms=3, label=name + tag)
+        axes[1].plot(x, np.asarray(m["ssim"], dtype=float), marker="o", ms=3, label=name + tag)
+    for ax, title in zip(axes, ("Spearman rank correlation of |map|", "SSIM"), strict=True):
+        ax.set_xticks(x, list(units), rotation=70, fontsize=6)
+        ax.set_ylabel(title)
         ax.set_xlabel("randomized down to (cascading)")
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=7)
@@ -142,6 +144,34 @@ def robustness_curve(curves: Mapping[str, object]) -> plt.Figure:
     return fig
 
 
+def draw(result, **options) -> plt.Figure:
+    """The one door from a result to its figure (Jupyter's `_repr_png_`, `Result.figure()`, the web API).
+
+    SaliencyResult: image | maps | overlays; FoolingResult: the lab's four panels; RobustnessResult: the curve;
+    RenderResult: the image grid; SanityResult: the randomization curves; others: their own `draw_figure()`.
+    """
+    kind = type(result).__name__
+    if kind == "SaliencyResult":
+        i = options.get("index", 0)
+        title = f"{result.names[i]} ({int(result.targets[i])}) p={float(result.probs[i]):.3f}"
+        return compare_methods(result.images[i], {k: v[i] for k, v in result.maps.items()}, title,
+                               shared_scale=options.get("shared_scale", False))
+    if kind == "FoolingResult":
+        return fooling_panels(result, **options)
+    if kind == "RobustnessResult":
+        return robustness_curve({result.method: result})
+    if kind == "RenderResult":
+        return render_grid(result.images, result.titles or [result.objective] * result.images.shape[0])
+    if kind == "SanityResult":
+        return sanity_curves(result.units, {result.method: {"spearman_abs": result.spearman_abs.mean(1).tolist(),
+                                                            "ssim": result.ssim.mean(1).tolist(),
+                                                            "flagged": result.flagged}})
+    custom = getattr(result, "draw_figure", None)
+    if custom is None:
+        raise TypeError(f"featvis has no figure for {kind}")
+    return custom(**options)
+
+
 def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
     """The figure as PNG bytes (for Jupyter's _repr_png_ and the web API); the figure is closed."""
     import io
@@ -154,7 +184,7 @@ def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
     """Save as PNG atomically and close the figure."""
-    from featvis.runs import atomic_path
+    from featvis._io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

@@ -301,7 +301,7 @@ def encode_png(image: torch.Tensor | Image.Image) -> bytes:
 
 def save_image(image: torch.Tensor | Image.Image, path: str | os.PathLike) -> Path:
     """Save as an 8-bit PNG atomically (write a temporary file, then rename)."""
-    from featvis.runs import atomic_write_bytes
+    from featvis._io import atomic_write_bytes
 
     return atomic_write_bytes(path, encode_png(image))
 

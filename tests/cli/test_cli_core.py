@@ -28,7 +28,7 @@ def test_classify_bundled_photos_json(capsys):
     paths = [str(fv.samples.path(n)) for n in ("chelsea", "coffee", "grace_hopper")]
     code, out, _ = run(capsys, "classify", *paths, "--json", "-k", "3", "--device", "cpu")
     assert code == 0
-    results = {os.path.basename(r["image"]): r["predictions"] for r in json.loads(out)["results"]}
+    results = {os.path.basename(r["input"]): r["predictions"] for r in json.loads(out)["items"]}
     assert 281 <= results["chelsea.jpg"][0]["index"] <= 285
     assert results["coffee.jpg"][0]["index"] == 967
     assert results["grace_hopper.jpg"][0]["index"] == 652
@@ -62,10 +62,10 @@ def test_errors_are_one_line(capsys, argv, match):
 def test_bad_file_in_batch_is_skipped_not_fatal(capsys, tmp_path):
     shutil.copy(fv.samples.path("coffee"), tmp_path / "a.jpg")
     (tmp_path / "b.jpg").write_bytes(b"garbage")
-    code, out, _ = run(capsys, "classify", str(tmp_path), "--json")
+    code, out, _ = run(capsys, "classify", str(tmp_path), "--json", "-o", str(tmp_path / "out"))
     data = json.loads(out)
-    assert code == 1 and data["results"][0]["predictions"][0]["index"] == 967
-    assert data["failed"][0]["image"].endswith("b.jpg") and "not an image" in data["failed"][0]["error"]
+    assert code == 1 and data["items"][0]["predictions"][0]["index"] == 967
+    assert data["failed"][0]["input"].endswith("b.jpg") and "not an image" in data["failed"][0]["error"]
 
 
 def test_interrupted_batch_resumes_without_redoing(tmp_path):
@@ -77,20 +77,21 @@ def test_interrupted_batch_resumes_without_redoing(tmp_path):
     cmd = [sys.executable, "-m", "featvis.cli", "classify", str(src), "-o", str(out), "--json", "--batch-size", "2",
            "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    items = out / "items"
+    batches = out / "records"  # one record file per finished batch of 2
     deadline = time.time() + 60
-    while time.time() < deadline and (not items.exists() or len(list(items.glob("*.json"))) < 4):
+    while time.time() < deadline and (not batches.exists() or len(list(batches.glob("*.json"))) < 2):
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and b"rerun the same command to resume" in err
-    done = {p.name: p.stat().st_mtime_ns for p in items.glob("*.json")}
-    assert 4 <= len(done) < 48, len(done)
-    assert not list(items.glob("*.tmp")) and not list(items.glob(".*"))
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    done = {p.name: p.stat().st_mtime_ns for p in batches.glob("*.json")}
+    assert 2 <= len(done) < 24, len(done)
+    assert not list(out.rglob("*.tmp"))
     result = subprocess.run(cmd, capture_output=True, timeout=120, check=True)
     data = json.loads(result.stdout)
-    assert data["skipped"] == len(done) and len(data["results"]) == 48
-    for name, mtime in done.items():  # finished items were not redone
-        assert (items / name).stat().st_mtime_ns == mtime
+    assert data["counts"]["skipped"] == 2 * len(done) and len(data["items"]) == 48
+    for name, mtime in done.items():  # finished batches were not redone
+        assert (batches / name).stat().st_mtime_ns == mtime
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "done" and manifest["skipped"] == len(done)
+    assert manifest["status"] == "done" and manifest["counts"]["skipped"] == 2 * len(done)

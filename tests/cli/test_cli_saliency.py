@@ -14,8 +14,8 @@ def test_saliency_command_writes_maps_figures_metrics_and_manifest(capsys, tmp_p
     code = main(["saliency", img, "--method", "gradient,gradcam", "-o", str(tmp_path), "--metrics",
                  "--metric-steps", "8", "--json", "--device", "cpu"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0 and out["methods"] == ["gradient", "gradcam"]
-    rec = out["results"][0]
+    assert code == 0 and out["summary"]["methods"] == ["gradient", "gradcam"]
+    rec = out["items"][0]
     assert rec["target"] == 967 and rec["target_name"] == "espresso"
     saved = np.load(tmp_path / rec["maps"]["gradient"])
     expected = saliency(clf, fv.load_image(img, clf), 967)[0].numpy()
@@ -28,13 +28,13 @@ def test_saliency_command_writes_maps_figures_metrics_and_manifest(capsys, tmp_p
     # rerun: everything is done already
     main(["saliency", img, "--method", "gradient,gradcam", "-o", str(tmp_path), "--metrics", "--metric-steps", "8",
           "--json", "--device", "cpu"])
-    assert json.loads(capsys.readouterr().out)["skipped"] == 1
+    assert json.loads(capsys.readouterr().out)["counts"]["skipped"] == 1
 
 
 def test_saliency_target_by_name_and_unknown_method(capsys, tmp_path):
     img = str(fv.samples.path("chelsea"))
     code = main(["saliency", img, "--target", "Egyptian cat", "-o", str(tmp_path / "a"), "--json"])
-    assert code == 0 and json.loads(capsys.readouterr().out)["results"][0]["target"] == 285
+    assert code == 0 and json.loads(capsys.readouterr().out)["items"][0]["target"] == 285
     code = main(["saliency", img, "--method", "gradcm", "-o", str(tmp_path / "b")])
     err = capsys.readouterr().err
     assert code == 2 and "did you mean" in err and "'gradcam'" in err
@@ -46,8 +46,8 @@ def test_sanity_command(capsys, tmp_path):
     img = str(fv.samples.path("chelsea"))
     code = main(["sanity", img, "--method", "gradient,guided-backprop", "-o", str(tmp_path), "--no-independent",
                  "--json"])
-    out = json.loads(capsys.readouterr().out)
-    assert code in (0, None)
+    out = json.loads(capsys.readouterr().out)["summary"]
+    assert code == 0
     assert out["methods"]["guided-backprop"]["flagged"] and not out["methods"]["gradient"]["flagged"]
     assert (tmp_path / "sanity.png").exists() and out["units"][0] == "_fc"
     assert torch.tensor(out["methods"]["gradient"]["spearman_abs"]).shape[0] == len(out["units"])

@@ -64,15 +64,15 @@ def test_quick_demo_report_is_complete_and_consistent(demo_dir):
     fool = json.loads((demo_dir / "runs" / "fool" / "results.json").read_text())
     rows = page.tables["per image"]
     fool_rows = [r for r in rows if len(r) == 9 and r[0] != "image"]
-    assert [int(r[5]) for r in fool_rows] == [r["steps"] for r in fool["results"]]
-    assert [float(r[7]) for r in fool_rows] == pytest.approx([r["l2"] for r in fool["results"]], abs=1e-3)
+    assert [int(r[5]) for r in fool_rows] == [r["steps"] for r in fool["items"]]
+    assert [float(r[7]) for r in fool_rows] == pytest.approx([r["l2"] for r in fool["items"]], abs=1e-3)
     rob = json.loads((demo_dir / "runs" / "robustness" / "results.json").read_text())
     shares = [r for r in page.tables["share fooled"] if r[0] != "budget ε"]
     assert [r[0] for r in shares] == ["1/255", "2/255"]
     assert [float(r[1].rstrip("%")) / 100 for r in shares] == pytest.approx(rob["summary"]["curve"]["fooled_rate"])
     sal = json.loads((demo_dir / "runs" / "saliency" / "results.json").read_text())
     auc = {r[0]: (float(r[1]), float(r[2])) for r in page.tables["mean AUC over the images"][1:]}
-    for method, v in sal["mean_auc"].items():
+    for method, v in sal["summary"]["mean_auc"].items():
         assert auc[method] == pytest.approx((v["deletion"], v["insertion"]), abs=1e-3)
     manifest = json.loads((demo_dir / "runs" / "classvis-lucid" / "manifest.json").read_text())
     assert manifest["model"]["id"] in text and manifest["params"]["preset"] == "lucid"

@@ -15,7 +15,7 @@ from featvis.web.jobs import JobQueue
 
 @pytest.fixture(scope="module")
 def client(clf):
-    with TestClient(create_app(clf, queue=JobQueue(capacity=2, timeout=60))) as c:
+    with TestClient(create_app(clf, queue=JobQueue(capacity=2, timeout=60)), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -45,7 +45,7 @@ def test_classify_sample_and_upload(client):
 
 
 def test_upload_limits_and_bad_inputs(clf):
-    with TestClient(create_app(clf, max_bytes=50_000, max_pixels=1_000_000)) as c:
+    with TestClient(create_app(clf, max_bytes=50_000, max_pixels=1_000_000), base_url="http://127.0.0.1") as c:
         big = fv.samples.path("coffee").read_bytes()
         assert c.post("/api/classify", files={"file": ("a.jpg", big)}).status_code == 413
         r = c.post("/api/classify", files={"file": ("a.png", b"not an image at all")})
@@ -92,7 +92,7 @@ def test_visualize_streams_progress_and_can_be_cancelled(client):
 
 
 def test_full_queue_answers_429(clf):
-    with TestClient(create_app(clf, queue=JobQueue(capacity=1))) as c:
+    with TestClient(create_app(clf, queue=JobQueue(capacity=1)), base_url="http://127.0.0.1") as c:
         first = c.post("/api/visualize", data={"kind": "class", "target": 1, "steps": 2000, "size": 64})
         assert first.status_code == 202
         second = c.post("/api/visualize", data={"kind": "class", "target": 2, "steps": 5, "size": 64})
@@ -102,7 +102,7 @@ def test_full_queue_answers_429(clf):
 
 
 def test_token_required_when_set(clf):
-    with TestClient(create_app(clf, token="s3cret")) as c:
+    with TestClient(create_app(clf, token="s3cret"), base_url="http://127.0.0.1") as c:
         assert c.get("/api/health").status_code == 401
         assert c.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -118,7 +118,7 @@ def test_page_is_served_without_external_resources(client):
 
 
 def test_finished_jobs_expire(clf):
-    with TestClient(create_app(clf, queue=JobQueue(ttl=0.2))) as c:
+    with TestClient(create_app(clf, queue=JobQueue(ttl=0.2)), base_url="http://127.0.0.1") as c:
         job_id = c.post("/api/saliency", data={"sample": "coffee"}).json()["id"]
         assert wait(c, job_id)["status"] == "done"
         time.sleep(0.3)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from featvis._ops import Seed, _single
 from featvis._registry import SpecRegistry
 from featvis.errors import FeatvisError
 from featvis.images import check_images, quantize
@@ -23,7 +24,7 @@ ATTACKS = SpecRegistry("attack", shared=("callback",), common_help={
 })
 
 
-def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0, logits: torch.Tensor | None = None
+def resolve_attack_targets(clf, images: torch.Tensor, target, seed: Seed = 0, logits: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(targets [B] or None for untargeted, the model's original predictions [B], its probabilities [B, K]).
 
@@ -39,9 +40,16 @@ def resolve_attack_targets(clf, images: torch.Tensor, target, seed: int = 0, log
     if target is None:
         return None, original, probs
     if isinstance(target, str) and target.strip().lower() == "random":
-        gen = torch.Generator().manual_seed(seed)
         k = len(clf.labels)
-        picks = torch.randint(0, k - 1, (b,), generator=gen).to(original.device)
+        if _single(seed):
+            picks = torch.randint(0, k - 1, (b,), generator=torch.Generator().manual_seed(int(seed)))
+        else:  # one seed per image: an image's target does not depend on its batch-mates
+            seeds = list(seed)
+            if len(seeds) != b:
+                raise FeatvisError(f"got {len(seeds)} seeds for {b} images; give one seed or one per image")
+            picks = torch.cat([torch.randint(0, k - 1, (1,), generator=torch.Generator().manual_seed(int(s)))
+                               for s in seeds])
+        picks = picks.to(original.device)
         return picks + (picks >= original).long(), original, probs  # skip the predicted class
     indices = clf.labels.per_image(target, b, hint="'random', or None (untargeted)")
     return torch.tensor(indices, device=images.device), original, probs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from featvis._ops import Seed, _single, random_draw
 from featvis.adversarial._base import ATTACKS, objective, per_image, prepare, resolve_attack_targets, step_loop
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.errors import FeatvisError
@@ -39,7 +40,7 @@ def _check_norm(norm: str) -> str:
 
 
 @ATTACKS.register("fgsm", targeted=True, untargeted=True, norms=("linf", "l2"), steps=None)
-def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm: str = "linf", seed: int = 0,
+def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm: str = "linf", seed: Seed = 0,
          straight_through: bool = False, callback=None) -> FoolingResult:
     """Fast Gradient Sign Method: one step of size ε along sign(∇ loss) (norm="l2": along ∇/‖∇‖, FGM).
 
@@ -72,7 +73,7 @@ def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm:
 @ATTACKS.register("pgd", aliases=("bim", "ifgsm"), targeted=True, untargeted=True, norms=("linf", "l2"),
                   steps="steps")
 def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, norm: str = "linf",
-        alpha: float | None = None, steps: int = 20, random_start: bool = False, seed: int = 0,
+        alpha: float | None = None, steps: int = 20, random_start: bool = False, seed: Seed = 0,
         early_stop: bool = True, straight_through: bool = True, callback=None) -> FoolingResult:
     """Projected gradient descent: `steps` steps of size α along sign(∇) (L∞) or ∇/‖∇‖₂ (L2), each followed by
     projection onto the ε-ball and [0, 1].
@@ -93,14 +94,14 @@ def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, nor
     targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     start = x
     if random_start:
-        gen = torch.Generator(device=x.device).manual_seed(seed)
         if norm == "linf":
-            noise = (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
+            noise = (random_draw("uniform", seed, x.shape, device=x.device) * 2 - 1) * eps
         else:
-            u = torch.randn(x.shape, generator=gen, device=x.device)
+            u = random_draw("normal", seed, x.shape, device=x.device)
             u = u / per_image(u.flatten(1).norm(dim=1))
-            r = torch.rand(x.shape[0], generator=gen, device=x.device) ** (1 / x[0].numel()) * eps
-            noise = u * per_image(r)
+            radius = random_draw("uniform", seed + 1 if _single(seed) else [s + 1 for s in seed], (x.shape[0],),
+                                 device=x.device)
+            noise = u * per_image(radius ** (1 / x[0].numel()) * eps)
         start = (x + noise).clamp(0, 1)
     raw, taken = step_loop(clf, x, targets, original, start=start, max_steps=steps, loss="ce",
                            early_stop=early_stop, straight_through=straight_through, callback=callback,
@@ -112,7 +113,7 @@ def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, nor
 @ATTACKS.register("mifgsm", aliases=("mi-fgsm", "momentum"), targeted=True, untargeted=True, norms=("linf",),
                   steps="steps")
 def mifgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, alpha: float | None = None,
-           steps: int = 10, decay: float = 1.0, seed: int = 0, early_stop: bool = True, straight_through: bool = True,
+           steps: int = 10, decay: float = 1.0, seed: Seed = 0, early_stop: bool = True, straight_through: bool = True,
            callback=None) -> FoolingResult:
     """Momentum iterative FGSM (Dong et al. 2018), the transfer-oriented L∞ attack: the step follows the sign of
     an accumulated gradient `g ← μ·g + ∇/‖∇‖₁`, projected onto the ε-ball and [0, 1] after each step.

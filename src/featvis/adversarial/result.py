@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from featvis._types import Result
 from featvis.images import quantize
 from featvis.models.classifier import frozen
 
 
-@dataclass(frozen=True)
-class FoolingResult:
+@dataclass(frozen=True, repr=False)
+class FoolingResult(Result):
     """Adversarial images and their numbers, one entry per image.
 
     `images` are already on the 8-bit grid and `success` is judged on them: what is saved as PNG fools the
@@ -31,7 +33,7 @@ class FoolingResult:
     original_prob_after: torch.Tensor  # [B] p(original class) on the adversarial
     target_prob_before: torch.Tensor | None
     target_prob_after: torch.Tensor | None
-    labels: list[str] = field(repr=False, default_factory=list)
+    labels: Sequence[str] = field(repr=False, default_factory=list)  # the classifier's Labels (a reference)
     params: dict = field(default_factory=dict)
     transfer: dict | None = None  # {"model": id, "predicted": [B], "success": [B]} from a second model
 
@@ -98,12 +100,6 @@ class FoolingResult:
     def _name(self, i: int) -> str:
         return self.labels[i] if self.labels else str(i)
 
-    def _repr_png_(self) -> bytes:
-        """Jupyter shows the lab's four panels."""
-        from featvis.figures import figure_png, fooling_panels
-
-        return figure_png(fooling_panels(self))
-
 
 def finish(method: str, clf, original: torch.Tensor, raw: torch.Tensor, targets: torch.Tensor | None,
            original_classes: torch.Tensor, steps: torch.Tensor, params: dict, p_orig: torch.Tensor
@@ -123,4 +119,4 @@ def finish(method: str, clf, original: torch.Tensor, raw: torch.Tensor, targets:
         tp_before, tp_after = p_orig.gather(1, targets[:, None])[:, 0], p_adv.gather(1, targets[:, None])[:, 0]
     return FoolingResult(method, adv, original, targets, original_classes, predicted, success, steps,
                          p_orig.gather(1, idx)[:, 0], p_adv.gather(1, idx)[:, 0], tp_before, tp_after,
-                         labels=list(clf.labels), params=params)
+                         labels=clf.labels, params=params)

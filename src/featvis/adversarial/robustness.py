@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from featvis._ops import Seed, _single
+from featvis._types import Result
 from featvis.adversarial._base import ATTACKS, prepare, resolve_attack_targets
 from featvis.errors import FeatvisError
 
@@ -32,8 +34,8 @@ def median_budget(min_eps: Iterable[float | None]) -> float | None:
     return med if math.isfinite(med) else None
 
 
-@dataclass(frozen=True)
-class RobustnessResult:
+@dataclass(frozen=True, repr=False)
+class RobustnessResult(Result):
     """Per image: the smallest ε on the grid at which the attack fooled it (inf: none did), and the fooled
     image found there; over the batch: the fraction fooled at every ε (a budget that fools at ε also fools at
     every larger ε, since its image lies in their balls too)."""
@@ -46,7 +48,7 @@ class RobustnessResult:
     original_classes: torch.Tensor
     predicted: torch.Tensor  # [B] the model's prediction on `images`
     targets: torch.Tensor | None
-    labels: list[str] = field(repr=False, default_factory=list)
+    labels: Sequence[str] = field(repr=False, default_factory=list)  # the classifier's Labels (a reference)
     params: dict = field(default_factory=dict)
 
     @property
@@ -76,14 +78,9 @@ class RobustnessResult:
     def _name(self, i: int) -> str:
         return self.labels[i] if self.labels else str(i)
 
-    def _repr_png_(self) -> bytes:
-        from featvis.figures import figure_png, robustness_curve
-
-        return figure_png(robustness_curve({self.method: self}))
-
 
 def robustness(clf, images: torch.Tensor, target=None, *, eps: Sequence[float] | None = None, method: str = "pgd",
-               norm: str = "linf", seed: int = 0, callback=None, **options) -> RobustnessResult:
+               norm: str = "linf", seed: Seed = 0, callback=None, **options) -> RobustnessResult:
     """Run a budgeted attack at every ε (ascending) on the images not yet fooled; see RobustnessResult.
 
     Args:
@@ -117,7 +114,8 @@ def robustness(clf, images: torch.Tensor, target=None, *, eps: Sequence[float] |
     for i, e in enumerate(grid):
         if len(pending) == 0:
             break
-        res = attack(clf, x[pending], None if targets is None else targets[pending], eps=e, seed=seed,
+        sub_seed = seed if _single(seed) else [seed[int(j)] for j in pending]  # each image keeps its own seed
+        res = attack(clf, x[pending], None if targets is None else targets[pending], eps=e, seed=sub_seed,
                      **extra, **options)
         won = res.success
         hit = pending[won]
@@ -127,5 +125,6 @@ def robustness(clf, images: torch.Tensor, target=None, *, eps: Sequence[float] |
         pending = pending[~won]
         if callback is not None:
             callback(i + 1, len(pending))
-    return RobustnessResult(name, norm, grid, min_eps, best, original, predicted, targets, labels=list(clf.labels),
-                            params={"method": name, "norm": norm, "eps": grid, "seed": seed, **options})
+    return RobustnessResult(name, norm, grid, min_eps, best, original, predicted, targets, labels=clf.labels,
+                            params={"method": name, "norm": norm, "eps": grid,
+                                    "seed": seed if _single(seed) else "per image", **options})

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from featvis import _progress
 from featvis._registry import SpecRegistry
 from featvis.errors import FeatvisError
 from featvis.images import check_images
@@ -103,6 +104,7 @@ def input_gradients(clf, images: torch.Tensor, targets: torch.Tensor, *, score: 
             x = images[start:start + chunk].detach().requires_grad_(True)
             s = fn(clf(x), targets[start:start + chunk])
             out[start:start + chunk] = torch.autograd.grad(s.sum(), x)[0]
+            _progress.report("gradients", min(start + chunk, images.shape[0]), images.shape[0])
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from featvis._ops import gaussian_blur
+from featvis._ops import Seed, gaussian_blur, random_draw
 from featvis.attribution._base import (
     ATTRIBUTIONS,
     default_chunk,
@@ -39,7 +39,7 @@ def quadrature(steps: int, method: str, device=None) -> tuple[torch.Tensor, torc
     return alphas.to(device=device, dtype=torch.float32), weights.to(device=device, dtype=torch.float32)
 
 
-def make_baseline(clf, images: torch.Tensor, baseline, seed: int = 0) -> torch.Tensor:
+def make_baseline(clf, images: torch.Tensor, baseline, seed: Seed = 0) -> torch.Tensor:
     """The reference input: "black", "blur" (heavy Gaussian blur), "noise" (uniform), "mean" colour, or a tensor."""
     if isinstance(baseline, torch.Tensor):
         return baseline.to(images).expand_as(images)
@@ -50,14 +50,13 @@ def make_baseline(clf, images: torch.Tensor, baseline, seed: int = 0) -> torch.T
     if baseline == "blur":
         return gaussian_blur(images, BLUR_SIGMA * max(images.shape[-2:]))
     if baseline == "noise":
-        gen = torch.Generator(device=images.device).manual_seed(seed)
-        return torch.rand(images.shape, generator=gen, device=images.device, dtype=images.dtype)
+        return random_draw("uniform", seed, images.shape, device=images.device, dtype=images.dtype)
     raise FeatvisError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)} or a tensor")
 
 
 @ATTRIBUTIONS.register("integrated-gradients", aliases=("ig", "integrated"))
 def integrated_gradients(clf, images: torch.Tensor, target=None, *, baseline="black", steps: int = 50,
-                         rule: str = "gausslegendre", score: str = "logit", reduce: str = "sum", seed: int = 0,
+                         rule: str = "gausslegendre", score: str = "logit", reduce: str = "sum", seed: Seed = 0,
                          batch_size: int | None = None, return_delta: bool = False):
     """Integrated Gradients: (x − x′) · ∫₀¹ ∇F(x′ + α(x − x′)) dα, by quadrature over `steps` points.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from featvis import _progress
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
 from featvis.attribution.integrated import make_baseline
 from featvis.errors import FeatvisError
@@ -50,6 +51,7 @@ def occlusion(clf, images: torch.Tensor, target=None, *, window: int = 16, strid
                 m = masks[start:start + chunk]
                 x = images[j:j + 1] * (1 - m) + fill[j:j + 1] * m
                 drops.append(base_scores[j] - fn(clf(x), targets[j].repeat(m.shape[0])))
+                _progress.report("occlusion windows", j * masks.shape[0] + start + m.shape[0], b * masks.shape[0])
             d = torch.cat(drops)
             out[j] = (d.view(-1, 1, 1) * masks[:, 0]).sum(0) / coverage.clamp_min(1)
     return out

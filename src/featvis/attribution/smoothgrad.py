@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import torch
 
+from featvis._ops import Seed, random_draw
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, input_gradients, prepare, reduce_channels
 
 NOISE = 0.15  # σ as a fraction of each image's value range: the paper finds 10–20 % best
 
 
-def noisy_gradients(clf, images: torch.Tensor, targets: torch.Tensor, *, samples: int, noise: float, seed: int,
+def noisy_gradients(clf, images: torch.Tensor, targets: torch.Tensor, *, samples: int, noise: float, seed: Seed,
                     score: str, batch_size: int | None) -> torch.Tensor:
     """Gradients at `samples` noisy copies of each image: [samples, B, 3, H, W].
 
-    Noise is drawn per image from a seeded generator, so reruns are identical; σ = noise · (max − min).
+    Noise comes from a seeded generator (one per image when `seed` is a list), so reruns are identical;
+    σ = noise · (max − min).
     """
-    gen = torch.Generator(device=images.device).manual_seed(seed)
     b = images.shape[0]
     span = (images.flatten(1).amax(1) - images.flatten(1).amin(1)).clamp_min(1e-6).view(b, 1, 1, 1)
-    eps = torch.randn((samples, *images.shape), generator=gen, device=images.device, dtype=images.dtype)
+    eps = random_draw("normal", seed, (samples, *images.shape), batch_dim=1, device=images.device,
+                      dtype=images.dtype)
     noisy = (images[None] + eps * (noise * span)[None]).flatten(0, 1)  # [samples·B, 3, H, W]
     chunk = batch_size or default_chunk(clf, images)
     grads = input_gradients(clf, noisy, targets.repeat(samples), score=score, batch_size=chunk)
@@ -26,7 +28,7 @@ def noisy_gradients(clf, images: torch.Tensor, targets: torch.Tensor, *, samples
 
 
 def _smooth(kind: str):
-    def method(clf, images: torch.Tensor, target=None, *, samples: int = 25, noise: float = NOISE, seed: int = 0,
+    def method(clf, images: torch.Tensor, target=None, *, samples: int = 25, noise: float = NOISE, seed: Seed = 0,
                score: str = "logit", reduce: str = "max-abs", batch_size: int | None = None) -> torch.Tensor:
         images, targets = prepare(clf, images, target)
         grads = noisy_gradients(clf, images, targets, samples=samples, noise=noise, seed=seed, score=score,

@@ -9,7 +9,7 @@ import typer
 from typer.exceptions import TyperException
 
 from featvis.cli import core, demo, fool, optvis, saliency  # noqa: F401  (registers the commands)
-from featvis.cli._common import app, err_console
+from featvis.cli._common import app, say
 from featvis.errors import FeatvisError
 
 
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except FeatvisError as e:
-        err_console.print(f"featvis: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        say(f"featvis: error: {e}")
         return 2
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("featvis: interrupted; rerun the same command to resume")
+        say("featvis: interrupted; rerun the same command to resume")
         return 130
     except TyperException as e:  # usage errors: typer's own one-line message
         show = getattr(e, "show", None)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             show()
         return int(getattr(e, "exit_code", 2))
     if code == 130:  # typer turns Ctrl-C into exit code 130
-        err_console.print("featvis: interrupted; rerun the same command to resume")
+        say("featvis: interrupted; rerun the same command to resume")
     return code if isinstance(code, int) else 0
 
 

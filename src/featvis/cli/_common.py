@@ -1,27 +1,31 @@
-"""What every CLI command shares: the app, option types, model loading, output, progress, batch loops."""
+"""What every CLI command shares, in one place: the app, the output conventions (-o, --json, --quiet, --overwrite,
+--device, --model, --seed, -O), dataset selection, executors, progress drawing, result tables and exit codes.
+
+A task command is a function that turns its own options into a task; `task_command` adds the shared options to its
+signature and does the rest: load the model, run the task through the runner, draw progress, print the table or
+JSON. No batch loop and no algorithm lives in a front end.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import functools
+import inspect
+import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from featvis.errors import FeatvisError
+from featvis.models import DEFAULT_MODEL
 
 app = typer.Typer(
     name="featvis",
@@ -29,50 +33,113 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: "[web]" stays "[web]"
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
+TABLE_ROWS = 50  # rows a terminal table shows; the rest are in results.json
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (see `featvis models`) or checkpoint path.")]
-WeightsOpt = Annotated[Path | None, typer.Option(help="State-dict/safetensors file to load into --model.")]
-TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow full unpickling of a local file "
-                                        "(runs code from it: only for files you trust).")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps, or auto (CUDA when available).")]
+
+def say(message: str, *, style: str | None = None) -> None:
+    """One line on stderr, never wrapped, never read as markup (file names may hold '[' and ']')."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True, style=style)
+
+
+# -- the shared options (written once; `task_command` adds them to every task command) -------------------------
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name (see `featvis models`) or checkpoint path.",
+                                       metavar="MODEL")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="State-dict/safetensors file to load into --model.",
+                                                 metavar="FILE")]
+TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow loading a file that runs code (a pickled "
+                                        "module or TorchScript): only for files you trust.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps, or auto (CUDA when available).",
+                                        metavar="DEVICE")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")]
-OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Folder for results (resumes if rerun).")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Start over in an output folder that holds another run.")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Images per batch.")]
+BatchOpt = Annotated[int | None, typer.Option(min=1, help="Items per batch (default: the task's).", metavar="N")]
+SeedOpt = Annotated[int, typer.Option(help="The run's seed; each item's own seed derives from it and the item.",
+                                      metavar="N")]
+OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-O", help="A method/attack/preset option "
+                                                     "KEY=VALUE (repeatable), checked against what it takes.",
+                                                     metavar="KEY=VALUE")]
+ExecutorOpt = Annotated[str, typer.Option(help="local (in this process) or ray (a Ray cluster; needs featvis[ray]).",
+                                          metavar="NAME")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray: auto (a running cluster) or HOST:PORT; default starts a "
+                                                "local Ray instance.", metavar="ADDRESS")]
+WorkersOpt = Annotated[int | None, typer.Option(min=1, help="Ray: worker actors (default: one per available CPU "
+                                                "slot).", metavar="N")]
+CpusOpt = Annotated[float, typer.Option(min=0.0, help="Ray: CPUs per worker (and torch threads).", metavar="N")]
+GpusOpt = Annotated[float, typer.Option(min=0.0, help="Ray: GPUs per worker.", metavar="N")]
+ImageFolderOpt = Annotated[bool, typer.Option("--imagefolder", help="Read input folders as ROOT/CLASS/IMAGE: the "
+                                              "sub-folder names are the true classes.")]
+LimitOpt = Annotated[int | None, typer.Option(min=1, help="Only the first N inputs (after --shuffle).", metavar="N")]
+ShuffleOpt = Annotated[bool, typer.Option("--shuffle", help="Shuffle the inputs (seeded by --seed).")]
+ShardOpt = Annotated[str | None, typer.Option(help="Only shard I of N (I/N, by each input's identity).",
+                                              metavar="I/N")]
+InputsArg = Annotated[list[str], typer.Argument(help="Image files, folders, globs ('val/**/*.JPEG') or .txt/.csv "
+                                                "lists.", show_default=False, metavar="INPUTS")]
 
 
-@dataclass
-class Ui:
-    """How a command talks: quiet, JSON or human."""
+def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
-    quiet: bool = False
-    json: bool = False
 
-    def info(self, msg: str) -> None:
-        if not self.quiet and not self.json:
-            err_console.print(msg)
+def _shared(output: str | None, batch: int | None) -> list[inspect.Parameter]:
+    what = "Folder for results (a rerun resumes it)." if output else "Save results in this folder (a rerun resumes " \
+        "it); without it nothing is written."
+    out_opt = Annotated[Path | None, typer.Option("--output", "-o", help=what, metavar="DIR")]
+    return [
+        _param("model", ModelOpt, DEFAULT_MODEL), _param("weights", WeightsOpt, None),
+        _param("trust_checkpoint", TrustOpt, False), _param("output", out_opt, Path(output) if output else None),
+        _param("option", OptionOpt, None), _param("seed", SeedOpt, 0), _param("batch_size", BatchOpt, batch),
+        _param("device", DeviceOpt, "auto"), _param("executor", ExecutorOpt, "local"),
+        _param("address", AddressOpt, None), _param("workers", WorkersOpt, None),
+        _param("cpus_per_worker", CpusOpt, 1.0), _param("gpus_per_worker", GpusOpt, 0.0),
+        _param("json", JsonOpt, False), _param("quiet", QuietOpt, False), _param("overwrite", OverwriteOpt, False),
+    ]
 
-    def emit(self, obj: Any) -> None:
-        """The command's machine-readable result (stdout, one JSON document)."""
-        if self.json:
-            sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-            sys.stdout.flush()
 
-    @contextmanager
-    def progress(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-        """A progress bar on stderr; yields `advance(n)`. Silent with --quiet or when stderr is no terminal."""
-        show = not self.quiet and err_console.is_terminal
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=not show,
-                      transient=False) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda n=1: bar.advance(task, n)
+def _dataset() -> list[inspect.Parameter]:
+    return [_param("imagefolder", ImageFolderOpt, False), _param("limit", LimitOpt, None),
+            _param("shuffle", ShuffleOpt, False), _param("shard", ShardOpt, None)]
+
+
+SHARED = ("model", "weights", "trust_checkpoint", "output", "option", "seed", "batch_size", "device", "executor",
+          "address", "workers", "cpus_per_worker", "gpus_per_worker", "json", "quiet", "overwrite")
+DATASET = ("imagefolder", "limit", "shuffle", "shard")
+
+
+def task_command(*, output: str | None, inputs: bool = True, batch: int | None = None) -> Callable:
+    """Register `fn(own options..., options: dict) -> Task` as a command with the shared options added.
+
+    `output`: the default run folder (None: results go to a temporary folder unless -o is given).
+    `inputs`: the command takes INPUTS... (its first parameter, named `inputs`) and the dataset options.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "options"]
+        params = own + _shared(output, batch) + (_dataset() if inputs else [])
+        params.sort(key=lambda p: p.kind != inspect.Parameter.POSITIONAL_OR_KEYWORD)  # arguments first
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> int:
+            shared = {k: kwargs.pop(k) for k in SHARED}
+            data = {k: kwargs.pop(k) for k in DATASET if k in kwargs}
+            from featvis._registry import parse_assignments
+
+            task = fn(**kwargs, options=parse_assignments(shared["option"]))
+            return run_command(task, kwargs.get("inputs"), shared, data)
+
+        command.__signature__ = sig.replace(parameters=params, return_annotation=int)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": int}
+        return app.command(fn.__name__.rstrip("_").replace("_", "-"))(command)
+
+    return deco
 
 
 def pick_device(device: str) -> str:
@@ -95,52 +162,124 @@ def load_classifier(model: str, device: str, weights: Path | None = None, trust:
     return load_model(model, device=pick_device(device), weights=weights, trust_checkpoint=trust)
 
 
-def parse_budget(text: str) -> float:
-    """A budget in [0, 1] pixel units: "0.0314", "8/255" or "inf"."""
-    t = text.strip().lower()
-    try:
-        value = float(t[:-4]) / 255 if t.endswith("/255") else float(t)
-    except ValueError:
-        raise FeatvisError(f"cannot read budget {text!r}; write it in [0, 1] units (0.0314) or in 8-bit levels "
-                           "(8/255)") from None
-    if not value > 0:
-        raise FeatvisError(f"budget {text!r} must be positive")
-    return value
+def make_executor(shared: dict[str, Any]):
+    from featvis.tasks.executors import make_executor as make
+
+    if shared["executor"].strip().lower() == "ray":
+        return make("ray", address=shared["address"], workers=shared["workers"],
+                    cpus_per_worker=shared["cpus_per_worker"], gpus_per_worker=shared["gpus_per_worker"])
+    given = [f"--{k.replace('_', '-')}" for k in ("address", "workers") if shared[k] is not None]
+    if given:
+        raise FeatvisError(f"{', '.join(given)} only apply to --executor ray")
+    return make(shared["executor"])
 
 
-def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+class ProgressView:
+    """Draws the runner's events: a bar over the items with the current stage; errors as one line each."""
+
+    def __init__(self, label: str, show: bool, speak: bool) -> None:
+        self.label, self.show, self.speak = label, show, speak
+        self.bar: Progress | None = None
+        self.task_id = None
+
+    def __enter__(self) -> ProgressView:
+        if self.show:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, event) -> None:
+        if event.kind == "start":
+            if event.skipped and self.speak:
+                say(f"resuming: {event.skipped} of {event.total} items already done")
+            if self.bar is not None:
+                self.task_id = self.bar.add_task(escape(self.label), total=event.total, completed=event.done)
+        elif event.kind == "error":
+            if self.speak:
+                say(f"skipped {event.message}", style="yellow")
+        elif self.bar is not None and self.task_id is not None:
+            stage = f" · {escape(event.stage)} {event.stage_done:.0f}/{event.stage_total:.0f}" if event.kind == \
+                "stage" else ""
+            self.bar.update(self.task_id, completed=event.done, description=escape(self.label) + stage)
 
 
-def pending_image_batches(job, keys: dict[str, Path], clf, ui: Ui, label: str, batch_size: int,
-                          failed: list[tuple[Path, str]]) -> Iterator[tuple[list[Path], Any]]:
-    """The images a resumable job has not done yet, loaded in batches under a progress bar: yields
-    (paths, [B, 3, H, W]); files that cannot be read are reported, appended to `failed` and left pending."""
-    todo = job.pending(list(keys))
-    if job.skipped:
-        ui.info(f"resuming: {job.skipped} of {len(keys)} images already done in {job.out_dir}")
-    with ui.progress(label, len(todo)) as advance:
-        for batch_keys in chunks(todo, batch_size):
-            good, x, bad = load_batch([keys[k] for k in batch_keys], clf, ui)
-            failed += bad
-            if x is not None:
-                yield good, x
-            advance(len(batch_keys))
+def run_command(task, inputs: list[str] | None, shared: dict[str, Any], data: dict[str, Any]) -> int:
+    """Load the model, run `task` through the runner with progress, then print its table or JSON."""
+    from featvis.tasks.runner import run_task
+
+    quiet, as_json = shared["quiet"], shared["json"]
+    clf = load_classifier(shared["model"], shared["device"], shared["weights"], shared["trust_checkpoint"])
+    dataset = None
+    if inputs is not None:
+        from featvis.data import Dataset, parse_shard
+
+        dataset = Dataset.from_inputs(inputs, labels=clf.labels, imagefolder=data.get("imagefolder", False))
+        if data.get("limit") or data.get("shuffle") or data.get("shard"):
+            dataset = dataset.select(limit=data.get("limit"), shuffle=data.get("shuffle", False),
+                                     seed=shared["seed"], shard=parse_shard(data.get("shard")))
+    executor = make_executor(shared)
+    show = not quiet and not as_json and err_console.is_terminal
+    keep = shared["output"] is not None
+    with contextlib.ExitStack() as stack:
+        folder = shared["output"] if keep else stack.enter_context(tempfile.TemporaryDirectory(prefix="featvis-"))
+        view = stack.enter_context(ProgressView(task.name, show, speak=not quiet and not as_json))
+        run = run_task(task, dataset, folder, clf=clf, executor=executor, batch_size=shared["batch_size"],
+                       seed=shared["seed"], overwrite=shared["overwrite"], progress=view)
+        counts = run.manifest.get("counts", {})
+        if as_json:
+            emit({"task": run.task, "model": run.model_id, "output": str(run.folder) if keep else None,
+                  "summary": run.summary, "items": run.items, "failed": run.failed, "counts": counts})
+        elif not quiet:
+            if run.items:
+                print_table(type(task).overview(run), run.model_id)
+            if keep:
+                say(f"results in {run.folder} ({counts.get('done', len(run.items))} done, {len(run.failed)} failed)")
+    if run.failed and not run.items:
+        return 2
+    return 1 if run.failed else 0
 
 
-def load_batch(paths: Sequence[Path], clf, ui: Ui) -> tuple[list[Path], Any, list[tuple[Path, str]]]:
-    """Load what can be loaded; bad files are reported and left out (they stay pending for a rerun)."""
-    import torch
+def emit(obj: Any) -> None:
+    """The command's machine-readable result: one JSON document on stdout (NaN/inf as null)."""
+    from featvis._io import dumps
 
-    from featvis.images import load_image
+    sys.stdout.write(dumps(obj))
+    sys.stdout.flush()
 
-    good, tensors, bad = [], [], []
-    for p in paths:
-        try:
-            tensors.append(load_image(p, clf))
-            good.append(p)
-        except FeatvisError as e:
-            bad.append((p, str(e)))
-            ui.info(f"[yellow]skipped[/] {p}: {e}")
-    return good, (torch.cat(tensors) if tensors else None), bad
+
+def cell(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return "-" if not math.isfinite(v) else (f"{v:.3f}" if v != int(v) or abs(v) < 1 else f"{v:g}")
+    return "-" if v is None else str(v)
+
+
+def print_table(table, model_id: str | None = None, limit: int = TABLE_ROWS) -> None:
+    """A task table (featvis.tasks.Table) on the terminal; long tables are cut with a note."""
+    if table is None:
+        return
+    t = Table(*table.header)
+    for row in list(table.rows)[:limit]:
+        t.add_row(*(escape(cell(v)) for v in row))
+    if model_id:
+        say(f"{table.caption} — {model_id}")
+    out_console.print(t)
+    if len(table.rows) > limit:
+        say(f"… and {len(table.rows) - limit} more rows in results.json")
+
+
+def print_rows(header: list[str], rows: list[list[Any]], as_json: bool, records: Any) -> None:
+    """A listing command's output: JSON records or a table."""
+    if as_json:
+        emit(records)
+        return
+    t = Table(*header)
+    for r in rows:
+        t.add_row(*(escape(cell(v)) for v in r))
+    out_console.print(t)

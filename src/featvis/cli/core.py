@@ -1,30 +1,25 @@
-"""Foundation commands: models, classify, layers."""
+"""Listing commands (models, methods, attacks, presets, layers) and classify."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from featvis.cli._common import (
-    BatchOpt,
     DeviceOpt,
+    InputsArg,
     JsonOpt,
     ModelOpt,
-    OutOpt,
-    OverwriteOpt,
-    QuietOpt,
     TrustOpt,
-    Ui,
     WeightsOpt,
     app,
-    chunks,
-    load_batch,
     load_classifier,
-    out_console,
+    print_rows,
+    say,
+    task_command,
 )
+from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
 
 
@@ -34,88 +29,79 @@ def models(json: JsonOpt = False) -> None:
     from featvis.models import available_models
 
     rows = available_models()
-    ui = Ui(json=json)
-    ui.emit(rows)
-    if not json:
-        table = Table("name", "installed", "extra", "description")
-        for r in rows:
-            table.add_row(str(r["name"]), "yes" if r["installed"] else "no", str(r["extra"]), str(r["description"]))
-        out_console.print(table)
+    print_rows(["name", "installed", "extra", "description"],
+               [[r["name"], r["installed"], r["extra"], r["description"]] for r in rows], json, rows)
+
+
+def _options_text(options) -> str:
+    return ", ".join(f"{o.name}={o.default!r}" for o in options.values()) or "-"
 
 
 @app.command()
-def classify(
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders.", show_default=False)],
-    model: ModelOpt = DEFAULT_MODEL,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes per image.")] = 5,
-    output: OutOpt = None,
-    batch_size: BatchOpt = 16,
-    weights: WeightsOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    overwrite: OverwriteOpt = False,
-) -> int:
-    """Top-k classes of each image. With -o, results are saved per image and a rerun resumes."""
-    from featvis.images import image_files
-    from featvis.runs import Job, atomic_write_json, item_key
+def methods(json: JsonOpt = False) -> None:
+    """List the attribution methods (for --method) with their options (for -O KEY=VALUE)."""
+    from featvis.attribution import ATTRIBUTIONS
 
-    ui = Ui(quiet=quiet, json=json)
-    files = image_files(images)
-    clf = load_classifier(model, device, weights, trust_checkpoint)
-    keys = {item_key(f): f for f in files}
-    job = None
-    todo = list(keys)
-    if output is not None:
-        job = Job.open(output, "classify", {"model": model, "top_k": top_k, "weights": weights}, clf=clf,
-                       overwrite=overwrite)
-        todo = job.pending(todo)
-        if job.skipped:
-            ui.info(f"resuming: {job.skipped} of {len(keys)} images already done in {output}")
-    results: dict[str, dict] = {}
-    failed = []
-    with ui.progress("classify", len(todo)) as advance:
-        for batch_keys in chunks(todo, batch_size):
-            paths = [keys[k] for k in batch_keys]
-            good, x, bad = load_batch(paths, clf, ui)
-            failed += bad
-            preds = clf.predict(x, k=top_k) if x is not None else []
-            for path, top in zip(good, preds, strict=True):
-                key = item_key(path)
-                rec = {"image": str(path), "predictions": [
-                    {"index": p.index, "name": p.name, "prob": round(p.prob, 6)} for p in top]}
-                results[key] = rec
-                if job is not None:
-                    job.done(key, rec)
-            advance(len(batch_keys))
-    if job is not None:
-        for k in keys:
-            if k not in results and job.is_done(k):
-                results[k] = job.record(k)
-    ordered = [results[k] for k in keys if k in results]
-    if job is not None:
-        atomic_write_json(job.out_dir / "results.json", ordered)
-        job.finish(images=len(keys), failed=[str(p) for p, _ in failed])
-    if json:
-        ui.emit({"results": ordered, "skipped": job.skipped if job else 0,
-                 "failed": [{"image": str(p), "error": e} for p, e in failed], "model": clf.id})
-    elif not quiet:
-        table = Table("image", *(f"top-{i + 1}" for i in range(min(top_k, 3))), title=f"{clf.id}")
-        for rec in ordered:
-            table.add_row(Path(rec["image"]).name, *(f"{p['name']} ({p['index']}) {p['prob']:.3f}"
-                                                     for p in rec["predictions"][:3]))
-        out_console.print(table)
-    if failed and not ordered:
-        return 2
-    return 1 if failed else 0
+    specs = [ATTRIBUTIONS.get(n) for n in ATTRIBUTIONS.names()]
+    records = [{"name": s.name, "aliases": ATTRIBUTIONS.aliases(s.name), "summary": s.summary,
+                "options": {k: {"default": o.default, "kind": o.kind, "help": o.help} for k, o in s.options.items()}}
+               for s in specs]
+    print_rows(["method", "what it computes", "options (-O)"],
+               [[s.name, s.summary, _options_text(s.options)] for s in specs], json, records)
+
+
+@app.command()
+def attacks(json: JsonOpt = False) -> None:
+    """List the attacks (for `fool --method`) with what they can do and their options."""
+    from featvis.adversarial import ATTACKS
+
+    specs = [ATTACKS.get(n) for n in ATTACKS.names()]
+    records = [{"name": s.name, "summary": s.summary, **{k: v for k, v in s.info.items()},
+                "options": {k: {"default": o.default, "kind": o.kind, "help": o.help} for k, o in s.options.items()}}
+               for s in specs]
+    modes = lambda s: "/".join(m for m in ("targeted", "untargeted") if s.info.get(m))  # noqa: E731
+    print_rows(["attack", "targets", "budget", "what it does", "options (-O)"],
+               [[s.name, modes(s), "/".join(s.info.get("norms", ())) or "none", s.summary,
+                 _options_text(s.options)] for s in specs], json, records)
+
+
+@app.command()
+def presets(json: JsonOpt = False) -> None:
+    """List the visualization presets (for --preset) with their default steps and options."""
+    from featvis.optvis import PRESETS
+    from featvis.tasks.optvis import preset_options
+
+    rows, records = [], []
+    for n in PRESETS.names():
+        spec, opts = PRESETS.get(n), preset_options(n)
+        rows.append([n, spec.steps, spec.description, _options_text(opts)])
+        records.append({"name": n, "steps": spec.steps, "description": spec.description,
+                        "options": {k: {"default": o.default, "kind": o.kind, "help": o.help} for k, o in
+                                    opts.items()}})
+    print_rows(["preset", "default steps", "what it does", "options (-O)"], rows, json, records)
+
+
+@task_command(output=None, batch=16)
+def classify(
+    inputs: InputsArg,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes per image.")] = 5,
+    options: dict | None = None,
+):
+    """Top-k classes of each image (with labels: accuracy, per-class accuracy, the mistakes)."""
+    from featvis.tasks import ClassifyTask
+
+    if options:
+        raise FeatvisError("classify takes no -O options")
+    return ClassifyTask(top_k=top_k)
 
 
 @app.command()
 def layers(
     model: ModelOpt = DEFAULT_MODEL,
-    filter: Annotated[str | None, typer.Option("--filter", "-f", help="Only names/types containing TEXT.")] = None,
-    size: Annotated[int | None, typer.Option(help="Input side for the output shapes (default: native).")] = None,
+    filter: Annotated[str | None, typer.Option("--filter", "-f", help="Only names/types containing TEXT.",
+                                               metavar="TEXT")] = None,
+    size: Annotated[int | None, typer.Option(help="Input side for the output shapes (default: native).",
+                                             metavar="PX")] = None,
     weights: WeightsOpt = None,
     trust_checkpoint: TrustOpt = False,
     device: DeviceOpt = "cpu",
@@ -130,14 +116,10 @@ def layers(
         default = default_layer(clf)
     except ValueError:
         default = None
-    ui = Ui(json=json)
-    ui.emit({"model": clf.id, "default_layer": default, "layers": [
-        {"name": i.name, "type": i.type, "shape": i.shape, "calls": i.calls, "params": i.params} for i in infos]})
+    record = {"model": clf.id, "default_layer": default, "layers": [
+        {"name": i.name, "type": i.type, "shape": i.shape, "calls": i.calls, "params": i.params} for i in infos]}
     if not json:
-        table = Table("name", "type", "output [C, H, W]", "calls", "params",
-                      title=f"{clf.id} (default layer: {default})")
-        for i in infos:
-            mark = " *" if i.name == default else ""
-            table.add_row(i.name + mark, i.type, "×".join(map(str, i.shape)) if i.shape else "-",
-                          str(i.calls), f"{i.params:,}")
-        out_console.print(table)
+        say(f"{clf.id}; default layer (marked *): {default}")
+    print_rows(["name", "type", "output [C, H, W]", "calls", "params"],
+               [[i.name + (" *" if i.name == default else ""), i.type, "×".join(map(str, i.shape)) if i.shape
+                 else "-", i.calls, f"{i.params:,}"] for i in infos], json, record)

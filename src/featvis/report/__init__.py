@@ -1,21 +1,24 @@
-"""HTML reports: one self-contained page from the manifests and results of featvis runs.
+"""HTML reports: one page from the results of featvis runs (read through `featvis.tasks.results`).
 
-Each run folder (from `saliency`, `fool`, `classvis`, `features`, `sanity`, `classify`) becomes a section with
-a short introduction saying what the method is and how to read its pictures, the figures, a table of the
-numbers, and the parameters, model id and timings from its manifest. No external CSS, JS or fonts.
+Each run folder becomes the section its task draws (`Task.section`): an introduction saying what the method is and
+how to read its pictures, the figures, tables of the numbers, and the parameters, model id and timings from its
+manifest. No external CSS, JS or fonts. A run folder is data that may come from someone else, so every value is
+escaped, every file the run names must lie inside its folder, and only real PNG files are linked or embedded.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from featvis._io import atomic_write_text
 from featvis.errors import FeatvisError
-from featvis.report.sections import SECTIONS, Section
 
 STYLE = """
 :root { --fg:#1d1d1f; --muted:#5f6368; --line:#e3e3e6; --bg:#fff; --accent:#3a5ccc; }
@@ -39,77 +42,133 @@ details { margin:.6rem 0; font-size:.85rem; } pre { white-space:pre-wrap; word-b
 @media (max-width:600px) { body { font-size:15px; } main { padding:16px 10px 40px; } h1 { font-size:1.5rem; } }
 """
 
+ALLOWED_TAGS = ("b", "i", "code")  # the only markup a section's introduction may use
 
-def _img_src(path: Path, out_dir: Path, embed: bool) -> str:
+
+def _intro(text: str) -> str:
+    """A section introduction: escaped, then only <b>, <i> and <code> let through."""
+    out = html.escape(str(text), quote=True)
+    for tag in ALLOWED_TAGS:
+        out = out.replace(f"&lt;{tag}&gt;", f"<{tag}>").replace(f"&lt;/{tag}&gt;", f"</{tag}>")
+    return out
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _is_png(path: Path) -> bool:
+    """True if the file decodes as a PNG (a signature check, then a full verify by PIL)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+        with Image.open(path, formats=["PNG"]) as im:
+            im.verify()
+        return True
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError):
+        return False
+
+
+def _figure(run, rel: str, caption: str, out_dir: Path, embed: bool) -> str:
+    path = run.file(rel)
+    if not path.is_file():
+        raise FeatvisError(f"figure {rel!r} named by run {str(run.folder)!r} is missing; rerun the command")
+    if not _is_png(path):
+        raise FeatvisError(f"figure {rel!r} of run {str(run.folder)!r} is not a PNG image; refusing to include it")
     if embed:
-        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-    return os.path.relpath(path, out_dir).replace(os.sep, "/")
-
-
-def render_section(section: Section, out_dir: Path, embed: bool) -> str:
-    parts = [f'<section id="{section.anchor}"><h2>{html.escape(section.title)}</h2>',
-             f'<p class="lede">{section.intro}</p>']
-    for fig_path, caption in section.figures:
-        if not fig_path.exists():
-            raise FeatvisError(f"figure {str(fig_path)!r} named by the run is missing; rerun the command")
-        parts.append(f'<figure><img src="{_img_src(fig_path, out_dir, embed)}" alt="{html.escape(caption)}" '
-                     f'loading="lazy"><figcaption>{html.escape(caption)}</figcaption></figure>')
-    for caption, header, rows in section.tables:
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-        parts.append(f'<div class="table-wrap"><table data-table="{html.escape(caption)}"><caption '
-                     f'class="meta">{html.escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}'
-                     "</tbody></table></div>")
-    m = section.manifest
-    model = (m.get("model") or {}).get("id", "?")
-    timings = ", ".join(f"{k} {v:.1f} s" for k, v in (m.get("timings_s") or {}).items())
-    seed = m.get("seed")
-    parts.append(f'<p class="meta">model <code>{html.escape(model)}</code> · seed {"—" if seed is None else seed} · '
-                 f"{timings}</p>")
-    parts.append("<details><summary>parameters (from manifest.json)</summary><pre>"
-                 f"{html.escape(json.dumps(m.get('params', {}), indent=2, default=str))}</pre></details></section>")
-    return "\n".join(parts)
+        src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    else:
+        src = _e(os.path.relpath(path, out_dir.resolve()).replace(os.sep, "/"))
+    return (f'<figure><img src="{src}" alt="{_e(caption)}" loading="lazy"><figcaption>{_e(caption)}</figcaption>'
+            "</figure>")
 
 
 def _cell(v) -> str:
+    if isinstance(v, bool):
+        return f"<td>{'yes' if v else 'no'}</td>"
     if isinstance(v, float):
-        return f'<td class="num">{v:.3f}</td>'
-    if isinstance(v, int) and not isinstance(v, bool):
+        return f'<td class="num">{v:.3f}</td>' if math.isfinite(v) else '<td class="num">–</td>'
+    if isinstance(v, int):
         return f'<td class="num">{v}</td>'
-    return f"<td>{html.escape(str(v))}</td>"
+    return f"<td>{'–' if v is None else _e(v)}</td>"
+
+
+def _meta(manifest: dict) -> str:
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    timings = manifest.get("timings_s") if isinstance(manifest.get("timings_s"), dict) else {}
+    shown = ", ".join(f"{_e(k)} {float(v):.1f} s" for k, v in timings.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    seed = manifest.get("seed")
+    return (f'<p class="meta">model <code>{_e(model.get("id", "?"))}</code> · seed '
+            f"{'—' if seed is None else _e(seed)} · {shown}</p>")
+
+
+def render_run(run, anchor: str, out_dir: Path, embed: bool) -> tuple[str, str]:
+    """(title, HTML) of one run's section."""
+    from featvis.tasks import TASKS
+
+    if run.task not in TASKS:
+        raise FeatvisError(f"run {str(run.folder)!r} is a {run.task!r} run; reports cover {', '.join(TASKS)}")
+    try:
+        section = TASKS.get(run.task).section(run)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise FeatvisError(f"results of run {str(run.folder)!r} are malformed ({type(e).__name__}: {e}); rerun the "
+                           "command to rewrite them") from None
+    parts = [f'<section id="{_e(anchor)}"><h2>{_e(section.title)}</h2>', f'<p class="lede">{_intro(section.intro)}</p>']
+    figures = [_figure(run, rel, caption, out_dir, embed) for rel, caption in section.figures]
+    if len(figures) > 1:
+        parts.append('<div class="grid">' + "".join(figures) + "</div>")
+    else:
+        parts += figures
+    for table in section.tables:
+        head = "".join(f"<th>{_e(h)}</th>" for h in table.header)
+        body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.rows)
+        parts.append(f'<div class="table-wrap"><table data-table="{_e(table.caption)}"><caption class="meta">'
+                     f"{_e(table.caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    parts.append(_meta(run.manifest))
+    params = json.dumps(run.params, indent=2, default=str)
+    parts.append(f"<details><summary>parameters (from manifest.json)</summary><pre>{_e(params)}</pre></details>"
+                 "</section>")
+    return section.title, "\n".join(parts)
 
 
 def build_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLike, *, title: str = "featvis report",
                  embed: bool = False, intro: str = "", stage_seconds: dict[str, float] | None = None) -> Path:
-    """Write `output` (an .html file, or a folder that gets index.html) from earlier run folders."""
-    from featvis.runs import atomic_write_text
+    """Write `output` (an .html file, or a folder that gets index.html) from earlier run folders.
+
+    Args:
+        embed: put the images inside the page (one file to share); otherwise the page links them relative to
+            itself, so keep the run folders beside it.
+    """
+    from featvis.tasks.results import read_run
 
     out = Path(output)
     out_file = out if out.suffix == ".html" else out / "index.html"
     out_dir = out_file.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = []
-    for d in run_dirs:
-        d = Path(d)
-        manifest_path = d / "manifest.json"
-        if not manifest_path.exists():
-            raise FeatvisError(f"{str(d)!r} is not a featvis run folder (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text("utf-8"))
-        command = manifest.get("command")
-        if command not in SECTIONS:
-            raise FeatvisError(f"run {str(d)!r} is a {command!r} run; reports cover {', '.join(SECTIONS)}")
-        sections.append(SECTIONS[command](d, manifest))
-    nav = " ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections)
-    body = "\n".join(render_section(s, out_dir, embed) for s in sections)
+    runs = [read_run(d) for d in run_dirs]
+    if not runs:
+        raise FeatvisError("name at least one run folder")
+    rendered = []
+    for i, run in enumerate(runs):
+        anchor = f"{run.task}-{hashlib.sha1(Path(run.folder).name.encode('utf-8', 'surrogateescape')).hexdigest()[:6]}"
+        anchor += f"-{i}"
+        rendered.append((anchor, *render_run(run, anchor, out_dir, embed)))
+    nav = " ".join(f'<a href="#{_e(a)}">{_e(t)}</a>' for a, t, _ in rendered)
+    body = "\n".join(h for _, _, h in rendered)
     stage = ""
     if stage_seconds:
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{v:.1f}</td></tr>" for k, v in
+        rows = "".join(f"<tr><td>{_e(k)}</td><td class='num'>{float(v):.1f}</td></tr>" for k, v in
                        stage_seconds.items())
-        stage = (f'<details><summary>time per stage</summary><div class="table-wrap"><table data-table="stage times">'
+        stage = ('<details><summary>time per stage</summary><div class="table-wrap"><table data-table="stage times">'
                  f"<thead><tr><th>stage</th><th>seconds</th></tr></thead><tbody>{rows}</tbody></table></div></details>")
+    how = "Images are embedded." if embed else "Images are linked from the run folders beside this page."
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-            f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title><style>{STYLE}</style>'
-            f"</head><body><main><h1>{html.escape(title)}</h1><p class='lede'>{intro}</p><nav>{nav}</nav>{stage}"
-            f"{body}</main></body></html>\n")
+            f'content="width=device-width, initial-scale=1"><title>{_e(title)}</title><style>{STYLE}</style>'
+            f"</head><body><main><h1>{_e(title)}</h1><p class='lede'>{_intro(intro)}</p>"
+            f"<p class='meta'>{how}</p><nav>{nav}</nav>{stage}{body}</main></body></html>\n")
     atomic_write_text(out_file, page)
     return out_file

@@ -1,63 +1,197 @@
-"""The featvis JSON API (FastAPI): classify, saliency, fooling and visualization jobs with progress events.
+"""The featvis JSON API (FastAPI) and its page: classify, saliency, fooling and visualization jobs with progress.
 
-Safe to leave running: uploads are capped in bytes and pixels and decoded (never trusted by name), long work
-runs in a bounded queue (full → 429 with Retry-After), jobs have a time limit and can be cancelled, results
-expire, no request path touches the filesystem, and a token guards every request when one is set.
+Front end only: each job builds a task (featvis.tasks) from the form, runs it on one item on the model's thread
+(featvis.web.jobs), and serves the task's artifacts and record. Safe to leave running: the request body is capped
+while it streams (and refused at once by Content-Length), uploads are decoded off the event loop a few at a time
+and never trusted by name, Host and Origin must be this server's (no DNS rebinding, no cross-site POSTs), a token
+guards every request when set, jobs queue boundedly (full → 429), have a time limit and can be cancelled, results
+expire, and no request path touches the filesystem.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import torch
 from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from featvis import samples
+from featvis.data import Item, item_seed
 from featvis.errors import FeatvisError
-from featvis.images import encode_png, load_image
-from featvis.web.jobs import Job, JobQueue, QueueFull
+from featvis.images import load_image
+from featvis.web.jobs import JobQueue, QueueFull, WebJob
 
 MAX_BYTES = 10 * 2**20
 MAX_PIXELS = 40_000_000
 RETRY_AFTER_S = 5
+DECODERS = 2  # uploads decoded at once (each may take ~1 s and a few hundred MB for a large photo)
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Guard:
+    """ASGI middleware: Host/Origin checks, the access token, and a body cap applied while the body streams."""
+
+    def __init__(self, app, *, token: str | None, max_body: int, hosts: tuple[str, ...] | None,
+                 port: int | None) -> None:
+        self.app, self.token, self.max_body, self.hosts, self.port = app, token, max_body, hosts, port
+
+    def _host_ok(self, value: str) -> bool:
+        if self.hosts is None:  # bound to every interface: the token guards it
+            return True
+        name, port = _split_host(value)
+        return name in self.hosts and (self.port is None or port in (None, self.port))
+
+    def _origin_ok(self, origin: str) -> bool:
+        if origin == "null":
+            return False
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and self._host_ok(parts.netloc)
+
+    def _token_ok(self, scope, headers: dict[bytes, bytes]) -> bool:
+        if self.token is None:
+            return True
+        from http.cookies import SimpleCookie
+        from urllib.parse import parse_qs
+
+        given = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ").strip()
+        if not given:
+            given = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
+        if not given:
+            jar = SimpleCookie()
+            jar.load(headers.get(b"cookie", b"").decode("latin-1"))
+            given = jar["featvis_token"].value if "featvis_token" in jar else ""
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self._host_ok(host):
+            await _reply(send, 421, f"host {host!r} is not this server; open it at its own address")
+            return
+        origin = headers.get(b"origin")
+        if origin is not None and not self._origin_ok(origin.decode("latin-1")):
+            await _reply(send, 403, "cross-origin requests are refused")
+            return
+        if not self._token_ok(scope, headers):
+            await _reply(send, 401, "missing or wrong access token; open the URL printed at start")
+            return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _reply(send, 413, f"request is larger than {self.max_body // 2**20} MiB; send a smaller image")
+            return
+        seen = 0
+        started = False
+
+        async def capped_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, capped_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _reply(send, 413, f"request is larger than {self.max_body // 2**20} MiB; send a smaller image")
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8000
+        name, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        name, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    return name, int(port) if port.isdigit() else None
+
+
+async def _reply(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-               queue: JobQueue | None = None) -> FastAPI:
-    """The API for one classifier. `token`: required on every request (Bearer header, ?token= or cookie)."""
-    app = FastAPI(title="featvis", docs_url=None, redoc_url=None)  # Swagger UI would load assets from a CDN
+               queue: JobQueue | None = None, host: str = "127.0.0.1", port: int | None = None) -> Any:
+    """The API for one classifier.
+
+    Args:
+        token: required on every request (Bearer header, ?token= or the cookie the page sets); "" is refused.
+        host, port: where the server is reached; requests naming another Host (DNS rebinding) or coming from
+            another Origin are refused. Binding every interface (0.0.0.0) accepts any Host, and needs a token.
+    """
+    import anyio
+
+    if token is not None and not token.strip():
+        raise FeatvisError("the access token is empty; give a real token or none")
+    wildcard = host in ("0.0.0.0", "::", "")
+    if wildcard and token is None:
+        raise FeatvisError("serving on every interface needs an access token")
+    hosts = None if wildcard else tuple(dict.fromkeys((*LOOPBACK_NAMES, host.strip("[]").lower())))
     jobs = queue or JobQueue()
-    app.state.jobs = jobs
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if token is not None:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or \
-                request.query_params.get("token") or request.cookies.get("featvis_token") or ""
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return JSONResponse({"detail": "missing or wrong access token; open the URL printed at start"},
-                                    status_code=401)
-        return await call_next(request)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        jobs.shutdown()
 
-    @app.exception_handler(FeatvisError)
+    api = FastAPI(title="featvis", docs_url=None, redoc_url=None, lifespan=lifespan)  # no CDN-loaded Swagger UI
+    api.state.jobs = jobs
+    limiter = anyio.CapacityLimiter(DECODERS)
+
+    @api.exception_handler(FeatvisError)
     async def bad_input(_request: Request, exc: FeatvisError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     async def read_image(file: UploadFile | None, sample: str | None) -> torch.Tensor:
         if sample:
-            return load_image(samples.path(sample), clf)
+            return await anyio.to_thread.run_sync(lambda: load_image(samples.path(sample), clf), limiter=limiter)
         if file is None:
             raise HTTPException(422, "send an image file (field 'file') or a bundled sample name (field 'sample')")
         data = await file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"upload is larger than {max_bytes // 2**20} MiB; send a smaller image")
-        return load_image(data, clf, max_pixels=max_pixels)  # decoded and checked; the name is never used
+        # decoded and checked off the event loop, a few at a time; the file name is never used
+        return await anyio.to_thread.run_sync(lambda: load_image(data, clf, max_pixels=max_pixels), limiter=limiter)
 
-    def submit(kind: str, work) -> JSONResponse:
+    def room() -> None:
+        if jobs.full():
+            raise HTTPException(429, "the job queue is full; retry shortly",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def submit(kind: str, task, x: torch.Tensor | None, present) -> JSONResponse:
+        item = Item("web", label=None, seed=item_seed(0, "web"))
+
+        def work(job: WebJob) -> None:
+            from featvis.tasks.base import Batch
+
+            out = task.run(clf, Batch([item], x))[0]
+            present(job, out.record, out.artifacts)
+            job.result = {k: v for k, v in out.record.items() if not isinstance(v, dict) or k == "predictions"}
+
         try:
             job = jobs.submit(kind, work)
         except QueueFull:
@@ -65,7 +199,10 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
 
-    @app.get("/", include_in_schema=False)
+    async def on_model(fn):
+        return await asyncio.to_thread(jobs.call, fn)
+
+    @api.get("/", include_in_schema=False)
     def page(request: Request) -> Response:
         from importlib import resources
 
@@ -75,141 +212,134 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
             resp.set_cookie("featvis_token", token, httponly=True, samesite="strict")
         return resp
 
-    @app.get("/api/methods")
+    @api.get("/api/methods")
     def methods() -> list[str]:
         from featvis.attribution import ATTRIBUTIONS
 
         return ATTRIBUTIONS.names()
 
-    @app.get("/api/attacks")
+    @api.get("/api/attacks")
     def attacks() -> list[str]:
         from featvis.adversarial import ATTACKS
 
         return ATTACKS.names()
 
-    @app.get("/api/health")
+    @api.get("/api/presets")
+    def presets() -> list[str]:
+        from featvis.optvis import PRESETS
+
+        return PRESETS.names()
+
+    @api.get("/api/health")
     def health() -> dict:
         return {"model": clf.id, "classes": len(clf.labels), "input_size": clf.input_size}
 
-    @app.get("/api/classes")
+    @api.get("/api/classes")
     def classes(q: str = "", limit: int = 20) -> list[dict]:
         q = q.strip().lower()
         hits = [{"index": i, "name": n} for i, n in enumerate(clf.labels)
                 if not q or any(q in s.lower() for s in clf.labels.synonyms[i])]
         return hits[: max(1, min(limit, 1000))]
 
-    @app.get("/api/samples")
+    @api.get("/api/samples")
     def sample_names() -> list[str]:
         return samples.names()
 
-    @app.post("/api/classify")
+    @api.post("/api/classify")
     async def classify(file: UploadFile | None = None, sample: Annotated[str | None, Form()] = None,
                        k: Annotated[int, Form()] = 5) -> dict:
         x = await read_image(file, sample)
-        preds = await asyncio.to_thread(clf.predict, x, k)
+        preds = await on_model(lambda: clf.predict(x, k))
         return {"model": clf.id, "predictions": [p.__dict__ for p in preds[0]]}
 
-    @app.post("/api/saliency", status_code=202)
+    @api.post("/api/saliency", status_code=202)
     async def saliency(file: UploadFile | None = None, sample: Annotated[str | None, Form()] = None,
                        method: Annotated[str, Form()] = "gradient", target: Annotated[str | None, Form()] = None):
-        from featvis.attribution import ATTRIBUTIONS, resolve_targets
+        from featvis.tasks import SaliencyTask
 
-        fn = ATTRIBUTIONS.get(method)
+        task = SaliencyTask(methods=(method,), target=target or None, overlays=True)
+        task.prepare(clf)  # class names only: no model call
+        room()
         x = await read_image(file, sample)
-        tgt = None if not target else clf.labels.lookup(target)
+        name = task.params.methods[0]
 
-        def work(job: Job) -> None:
-            from featvis.figures import figure_png, overlay, saliency_panels, scale_maps
+        def present(job: WebJob, record: dict, files: dict[str, bytes]) -> None:
+            job.images["panels.png"] = files[record["figure"]]
+            job.images["overlay.png"] = files[record["overlays"][name]]
+            job.images["heatmap.png"] = files[record["heatmaps"][name]]
+            record["method"] = name
 
-            job.report(0.0, stage="saliency")
-            t = resolve_targets(clf, x, tgt)
-            maps = fn(clf, x, t)
-            with torch.no_grad():
-                p = clf(x).softmax(-1)[0, int(t[0])].item()
-            heat = scale_maps([maps[0]], shared=False)[0]
-            job.images["overlay.png"] = encode_png(torch.from_numpy(overlay(x[0], heat)).permute(2, 0, 1) / 255)
-            job.images["heatmap.png"] = encode_png(torch.from_numpy(heat)[None].expand(3, -1, -1))
-            job.images["panels.png"] = figure_png(saliency_panels(
-                x, maps, [f"{clf.labels[int(t[0])]} p={p:.3f}"], method=ATTRIBUTIONS.canonical(method)), dpi=90)
-            job.result = {"method": ATTRIBUTIONS.canonical(method), "target": int(t[0]),
-                          "target_name": clf.labels[int(t[0])], "prob": p}
+        return submit("saliency", task, x, present)
 
-        return submit("saliency", work)
-
-    @app.post("/api/fool", status_code=202)
+    @api.post("/api/fool", status_code=202)
     async def fool(file: UploadFile | None = None, sample: Annotated[str | None, Form()] = None,
                    target: Annotated[str, Form()] = "random", method: Annotated[str, Form()] = "ascent"):
         from featvis.adversarial import ATTACKS
-        from featvis.adversarial import fool as run
+        from featvis.tasks import FoolTask
 
-        name = ATTACKS.canonical(method)
+        untargeted_only = not ATTACKS.get(method).info.get("targeted", True)
+        task = FoolTask(method=method, target=None if untargeted_only and target == "random" else target)
+        task.prepare(clf)
+        room()
         x = await read_image(file, sample)
-        tgt = target.lower() if target.lower() in ("random", "none") else clf.labels.lookup(target)
-        if name == "deepfool" and tgt == "random":
-            tgt = "none"  # deepfool is untargeted
-        steps = {"ascent": 100, "lab": 100, "mifgsm": 10, "deepfool": 50, "cw": 500}.get(name, 20)
 
-        def work(job: Job) -> None:
-            from featvis.figures import figure_png, fooling_panels
+        def present(job: WebJob, record: dict, files: dict[str, bytes]) -> None:
+            job.images["fooled.png"] = files[record["fooled_png"]]
+            job.images["panels.png"] = files[record["figure"]]
 
-            opts = {} if name == "fgsm" else {"callback": lambda k, active: job.report(min(k / steps, 1.0), step=k)}
-            res = run(clf, x, None if tgt == "none" else tgt, method=name, **opts)
-            job.images["fooled.png"] = encode_png(res.images[0])
-            job.images["panels.png"] = figure_png(fooling_panels(res), dpi=90)
-            job.result = res.records()[0]
+        return submit("fool", task, x, present)
 
-        return submit("fool", work)
-
-    @app.post("/api/visualize", status_code=202)
+    @api.post("/api/visualize", status_code=202)
     async def visualize(kind: Annotated[str, Form()] = "class", target: Annotated[str | None, Form()] = None,
                         layer: Annotated[str | None, Form()] = None, channel: Annotated[int, Form()] = 0,
                         preset: Annotated[str, Form()] = "lucid", steps: Annotated[int, Form()] = 128,
                         size: Annotated[int, Form()] = 128):
-        from featvis.layers import find_layer
-        from featvis.optvis import PRESETS, objectives, visualize
+        from featvis.tasks import ClassvisTask, FeaturesTask
 
-        name = PRESETS.canonical(preset)
         if not 1 <= steps <= 2000 or not 32 <= size <= 512:
             raise HTTPException(422, "steps must be 1..2000 and size 32..512")
         if kind == "class":
-            objective = objectives.class_logit(clf.labels.lookup(target if target is not None else ""))
+            task = ClassvisTask(classes=(target if target is not None else "",), preset=preset, steps=steps,
+                                size=size)
         elif kind == "channel":
-            objective = objectives.channel(find_layer(clf, layer or "")[0], channel)
+            task = FeaturesTask(layer=layer or "", channels=(channel,), preset=preset, steps=steps, size=size)
         else:
             raise HTTPException(422, f"kind must be 'class' or 'channel', got {kind!r}")
+        await on_model(lambda: task.prepare(clf))  # a layer's channel count needs a probe pass
+        room()
+        unit = (await on_model(lambda: task.units(clf))).seeded(0).items[0]
 
-        def work(job: Job) -> None:
-            def progress(state) -> None:
-                job.report(state.step / steps, step=state.step, score=float(state.scores.mean()))
-                if state.step % 16 == 0:
-                    job.images["preview.png"] = encode_png(state.images[0])
+        def work(job: WebJob) -> None:
+            from featvis.tasks.base import Batch
 
-            res = visualize(clf, objective, preset=name, size=size, steps=steps, callback=progress)
-            job.images["image.png"] = encode_png(res.images[0])
-            with torch.no_grad():
-                probs = clf(res.images).softmax(-1)[0]
-            job.result = {"objective": res.objective, "score": float(res.scores[0]), "top1": int(probs.argmax()),
-                          "top1_name": clf.labels[int(probs.argmax())], "ms_per_step": res.ms_per_step}
+            out = task.run(clf, Batch([unit]))[0]
+            job.images["image.png"] = out.artifacts[out.record["image"]]
+            job.result = {"objective": out.record["title"], **{k: v for k, v in out.record.items() if k != "image"}}
 
-        return submit("visualize", work)
+        try:
+            job = jobs.submit("visualize", work)
+        except QueueFull:
+            return JSONResponse({"detail": "the job queue is full; retry shortly"}, status_code=429,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
 
-    def find(job_id: str) -> Job:
+    def find(job_id: str) -> WebJob:
         job = jobs.get(job_id)
         if job is None:
             raise HTTPException(404, "no such job (finished jobs expire)")
         return job
 
-    @app.get("/api/jobs/{job_id}")
+    @api.get("/api/jobs/{job_id}")
     def job_status(job_id: str) -> dict:
         return find(job_id).public()
 
-    @app.delete("/api/jobs/{job_id}")
+    @api.delete("/api/jobs/{job_id}")
     def cancel(job_id: str) -> dict:
         job = find(job_id)
         job.cancel.set()
         return job.public()
 
-    @app.get("/api/jobs/{job_id}/images/{name}")
+    @api.get("/api/jobs/{job_id}/images/{name}")
     def job_image(job_id: str, name: str) -> Response:
         data = find(job_id).images.get(name)  # a key lookup: the name never reaches the filesystem
         if data is None:
@@ -217,7 +347,7 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
         return Response(data, media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="featvis-{job_id[:8]}-{name}"'})
 
-    @app.get("/api/jobs/{job_id}/events")
+    @api.get("/api/jobs/{job_id}/events")
     async def events(job_id: str) -> StreamingResponse:
         job = find(job_id)
 
@@ -234,4 +364,7 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    return app
+    guard = Guard(api, token=token, max_body=max_bytes + 64 * 1024, hosts=hosts, port=port)
+    guard.state = api.state  # type: ignore[attr-defined]
+    guard.api = api  # type: ignore[attr-defined]
+    return guard

@@ -1,0 +1,378 @@
+"""The fool task (fooling images by any attack) and the robustness task (share fooled per budget)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from featvis.errors import FeatvisError
+from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
+from featvis.tasks.classify import per_class
+
+FOOL_FIELDS = ["input", "method", "success", "steps", "original_class", "original_name", "target", "target_name",
+               "predicted", "predicted_name", "original_prob_before", "original_prob_after", "target_prob_before",
+               "target_prob_after", "l2", "linf", "l2_255", "linf_255", "psnr_db", "reloaded_predicted",
+               "transfer_model", "transfer_predicted", "transfer_success", "transfer_changed", "label"]
+ROBUSTNESS_FIELDS = ["input", "method", "norm", "fooled", "min_eps", "min_eps_255", "original_class", "original_name",
+                     "target", "target_name", "predicted", "predicted_name", "label"]
+
+
+def _csv(records: list[dict], fields: list[str]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue().encode("utf-8")
+
+
+def _target(value) -> str | int | None:
+    """None/"none" → untargeted; "random", "true" and classes as given."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    return value.strip().lower() if isinstance(value, str) and value.strip().lower() in ("random", "true") else value
+
+
+def check_attack(method: str, target, options: Mapping[str, Any]) -> tuple[str, Any, dict[str, Any]]:
+    """Canonical attack name, the target mode it can do, and its options checked against its spec."""
+    from featvis.adversarial import ATTACKS
+
+    name = ATTACKS.canonical(method)
+    spec = ATTACKS.get(name)
+    if "seed" in {k.replace("-", "_") for k in options}:
+        raise FeatvisError("seed is the run's --seed (each image's seed derives from it); not an attack option")
+    opts = spec.check(options, what=f"attack {name}")
+    if target is not None and not spec.info.get("targeted", True):
+        takers = ", ".join(n for n in ATTACKS.names() if ATTACKS.get(n).info.get("targeted"))
+        raise FeatvisError(f"{name} is untargeted (it finds the nearest boundary): use --target none, or an attack "
+                           f"that takes a target ({takers})")
+    if target is None and not spec.info.get("untargeted", True):
+        raise FeatvisError(f"{name} needs a target class (or --target random)")
+    norm = opts.get("norm", "linf")
+    eps = opts.get("eps")
+    if eps is not None and math.isfinite(eps) and norm == "linf" and eps > 1:
+        raise FeatvisError(f"eps {eps:g} is more than the whole pixel range [0, 1]; write the budget in [0, 1] units "
+                           "(0.0314) or 8-bit levels (8/255)")
+    return name, target, opts
+
+
+def attack_targets(target, batch: Batch):
+    """What the attack gets as target: per-image labels for "true", else the value as is."""
+    if target == "true":
+        if any(lab is None for lab in batch.labels):
+            raise FeatvisError("target 'true' needs every image's label (ImageFolder layout or a CSV label column)")
+        return batch.labels
+    return target
+
+
+def _reporter(total: int | None):
+    from featvis import _progress
+
+    def callback(step: int, active: int) -> None:
+        _progress.report("attack step", step, total or step)
+
+    return callback
+
+
+@dataclass(frozen=True)
+class FoolParams:
+    method: str = "ascent"
+    target: str | int | None = "random"  # a class, "random" (seeded per image), "true", or None (untargeted)
+    options: dict[str, Any] = field(default_factory=dict)
+    check_model: str | None = None  # a second model to test transfer on
+
+    def __post_init__(self) -> None:
+        from featvis.adversarial import ATTACKS
+
+        target = _target(self.target)
+        name = ATTACKS.canonical(self.method)
+        if target == "random" and not ATTACKS.get(name).info.get("targeted", True):
+            target = None  # an untargeted attack's default
+        name, target, opts = check_attack(name, target, self.options)
+        object.__setattr__(self, "method", name)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "options", opts)
+
+
+@register
+class FoolTask(Task):
+    """Fooling images: the fooled PNG (judged after 8-bit rounding), the lab's four panels, numbers per image."""
+
+    name = "fool"
+    title = "Fooling images"
+    Params = FoolParams
+
+    def prepare(self, clf) -> None:
+        t = self.params.target
+        if t is not None and t not in ("random", "true"):
+            clf.labels.lookup(t)
+        if self.params.check_model:
+            self._transfer_model(clf)
+
+    def needs_labels(self) -> bool:
+        return self.params.target == "true"
+
+    def _transfer_model(self, clf):
+        other = getattr(self, "_other", None)
+        if other is None:
+            from featvis.models import load_model
+
+            other = load_model(self.params.check_model, device=clf.device)
+            self._other = other
+        return other
+
+    def _steps(self) -> int | None:
+        from featvis.adversarial import ATTACKS
+
+        spec = ATTACKS.get(self.params.method)
+        key = spec.info.get("steps")
+        if key is None:
+            return 1
+        steps = self.params.options.get(key, spec.options[key].default)
+        return steps * self.params.options.get("search_steps", spec.options.get("search_steps").default) \
+            if "search_steps" in spec.options else steps
+
+    def run(self, clf, batch: Batch) -> list[Output]:
+        from featvis.adversarial import ATTACKS, fool
+        from featvis.figures import figure_png, fooling_panels
+        from featvis.images import encode_png, load_image
+
+        p = self.params
+        opts = dict(p.options)
+        if "seed" in ATTACKS.get(p.method).options:
+            opts["seed"] = batch.seeds
+        other = self._transfer_model(clf) if p.check_model else None
+        res = fool(clf, batch.images, attack_targets(p.target, batch), method=p.method, check_model=other,
+                   callback=_reporter(self._steps()), **opts)
+        outputs = []
+        for i, (item, rec) in enumerate(zip(batch.items, res.records(), strict=True)):
+            png = encode_png(res.images[i])
+            reloaded = load_image(png).to(clf.device)  # what the user keeps, read back
+            rec["reloaded_predicted"] = clf.predict(reloaded, k=1)[0][0].index
+            rec.update(fooled_png=f"fooled/{item.key}.png", figure=f"figures/{item.key}.png")
+            arts = {rec["fooled_png"]: png, rec["figure"]: figure_png(fooling_panels(res.select(i)), dpi=110)}
+            outputs.append(Output(rec, arts))
+        return outputs
+
+    def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
+        out = fooling_summary(records)
+        if any(r.get("label") is not None for r in records):
+            out["per_class_success"] = per_class(records, info.get("labels"), lambda r: float(r["success"]))
+        return out
+
+    def finalize(self, records: list[dict], summary: dict, info: Mapping[str, Any]) -> dict[str, bytes]:
+        return {"results.csv": _csv(records, FOOL_FIELDS)}
+
+    @classmethod
+    def section(cls, run) -> Section:
+        p, summ = run.params, run.summary
+        method = p.get("method", "?")
+        opts = p.get("options", {})
+        target = p.get("target")
+        what = {None: "anything else (untargeted)", "random": "a random class per image",
+                "true": "its true class"}.get(target, str(target))
+        intro = {
+            "ascent": "Each photo is changed, imperceptibly, until the model calls it the target. <b>ascent</b> takes "
+                      "the lab's normalized gradient steps on the target's log-probability, keeps every pixel within "
+                      f"{_budget(opts.get('eps', 3 / 255))} of the original, and stops as soon as the saved 8-bit "
+                      "image is classified as the target.",
+            "lab": "The lab's recipe as written: normalized gradient steps on the target's logit, no cap on any pixel, "
+                   "until the saved 8-bit image is classified as the target.",
+            "fgsm": f"One signed gradient step of size ε = {_budget(opts.get('eps', 8 / 255))} (Goodfellow et al. "
+                    "2014).",
+            "pgd": f"Projected gradient descent (Madry et al. 2017) within the budget {_norm_budget(opts)}, stopping "
+                   "when the saved 8-bit image fools the model.",
+            "mifgsm": f"Momentum iterative FGSM (Dong et al. 2018) within ε = {_budget(opts.get('eps', 8 / 255))}.",
+            "cw": "Carlini–Wagner L2 (2017): the smallest L2 change found by Adam with a binary search over its "
+                  "constant; no budget.",
+            "deepfool": "DeepFool (Moosavi-Dezfooli et al. 2016): steps to the nearest decision boundary of the "
+                        "linearized model; the smallest L2 change that flips the prediction, no budget.",
+        }.get(method, f"The {method} attack.")
+        s = Section(f"Fooling images: {method}, target {what}",
+                    intro + " Panels: original, fooled image, the difference around grey, and the difference "
+                    "magnified ten times. L∞ is the largest change of any pixel (0–255 units), L2 the size of the whole"
+                    " change in [0, 1] units; PSNR above 40 dB is invisible to most people. Success is judged on the "
+                    "saved 8-bit PNG.")
+        for r in run.items:
+            s.figures.append((r["figure"], f"{short_name(r.get('input'))} → {r['target_name'] or 'anything else'}"))
+        s.tables.append(Table("summary", ["images", "success rate", "median steps", "median L∞ /255", "mean L2",
+                                          "median PSNR dB"],
+                              [[summ.get("images"), summ.get("success_rate"), summ.get("median_steps"),
+                                summ.get("median_linf_255"), summ.get("mean_l2"), summ.get("median_psnr_db")]]))
+        s.tables.append(Table("per image", ["image", "was", "target", "now", "fooled", "steps", "L∞ /255", "L2",
+                                            "PSNR dB"],
+                              [[short_name(r.get("input")), r["original_name"], r["target_name"] or "(untargeted)",
+                                r["predicted_name"], "yes" if r["success"] else "no", r["steps"], r["linf_255"],
+                                r["l2"], r["psnr_db"]] for r in run.items]))
+        return s
+
+    @classmethod
+    def overview(cls, run) -> Table:
+        return cls.section(run).tables[1]
+
+
+def _norm_budget(opts: Mapping[str, Any]) -> str:
+    if opts.get("norm", "linf") == "linf":
+        return f"L∞ ε = {_budget(opts.get('eps', 8 / 255))}"
+    return f"L2 ε = {opts.get('eps', 1.0):g}"
+
+
+def _budget(eps) -> str:
+    if eps is None:
+        return ""
+    if not math.isfinite(eps):
+        return "no limit"
+    levels = eps * 255
+    return f"{levels:.3g}/255" if abs(levels - round(levels)) < 1e-6 else f"{eps:.4g}"
+
+
+def fooling_summary(records: list[dict]) -> dict[str, Any]:
+    if not records:
+        return {"images": 0, "success_rate": 0.0}
+    return {"images": len(records),
+            "success_rate": sum(r["success"] for r in records) / len(records),
+            "median_steps": statistics.median(r["steps"] for r in records),
+            "median_linf_255": statistics.median(r["linf_255"] for r in records),
+            "mean_linf_255": statistics.mean(r["linf_255"] for r in records),
+            "mean_l2": statistics.mean(r["l2"] for r in records),
+            "median_psnr_db": statistics.median(r["psnr_db"] for r in records),
+            "reloaded_agrees": all(r["reloaded_predicted"] == r["predicted"] for r in records),
+            "transfer_rate": (sum(r["transfer_success"] for r in records) / len(records)
+                              if "transfer_success" in records[0] else None)}
+
+
+@dataclass(frozen=True)
+class RobustnessParams:
+    method: str = "pgd"
+    eps: tuple[float, ...] = tuple(e / 255 for e in (1, 2, 3, 4, 6, 8))
+    norm: str = "linf"
+    target: str | int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from featvis.adversarial.robustness import BUDGETED
+
+        target = _target(self.target)
+        name, target, opts = check_attack(self.method, target, self.options)
+        if name not in BUDGETED:
+            raise FeatvisError(f"robustness needs an attack with a budget ({', '.join(BUDGETED)}), not {name!r}")
+        if "eps" in opts:
+            raise FeatvisError("give the budgets with eps=[...] (CLI: --eps 1/255,2/255,...), not as an attack option")
+        from featvis._registry import parse_budget
+
+        grid = tuple(sorted({parse_budget(e) for e in self.eps}))
+        if not grid or any(not math.isfinite(e) for e in grid):
+            raise FeatvisError(f"eps must be positive finite budgets, got {list(self.eps)}")
+        if self.norm not in ("linf", "l2"):
+            raise FeatvisError(f"unknown norm {self.norm!r}; use 'linf' or 'l2'")
+        if self.norm == "linf" and grid[-1] > 1:
+            raise FeatvisError(f"budget {grid[-1]:g} is more than the whole pixel range [0, 1]; write 8/255 for 8 "
+                               "levels")
+        if self.norm != "linf" and name not in ("fgsm", "pgd"):
+            raise FeatvisError(f"norm {self.norm!r} needs fgsm or pgd; {name} is an L∞ attack")
+        object.__setattr__(self, "method", name)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "options", opts)
+        object.__setattr__(self, "eps", grid)
+
+
+@register
+class RobustnessTask(Task):
+    """How small a change fools the model: the share fooled at each budget and each image's smallest budget."""
+
+    name = "robustness"
+    title = "Robustness"
+    Params = RobustnessParams
+
+    def prepare(self, clf) -> None:
+        t = self.params.target
+        if t is not None and t not in ("random", "true"):
+            clf.labels.lookup(t)
+
+    def needs_labels(self) -> bool:
+        return self.params.target == "true"
+
+    def run(self, clf, batch: Batch) -> list[Output]:
+        from featvis import _progress
+        from featvis.adversarial import robustness
+        from featvis.images import encode_png
+
+        p = self.params
+        res = robustness(clf, batch.images, attack_targets(p.target, batch), eps=list(p.eps), method=p.method,
+                         norm=p.norm, seed=batch.seeds,
+                         callback=lambda i, left: _progress.report("budgets", i, len(p.eps)), **p.options)
+        outputs = []
+        for i, (item, rec) in enumerate(zip(batch.items, res.records(), strict=True)):
+            arts = {}
+            if rec["fooled"]:
+                rec["fooled_png"] = f"fooled/{item.key}.png"
+                arts[rec["fooled_png"]] = encode_png(res.images[i])
+            outputs.append(Output(rec, arts))
+        return outputs
+
+    def _curve(self, records: list[dict]) -> dict[str, Any]:
+        from featvis.adversarial.robustness import fooled_rates
+
+        grid = list(self.params.eps)
+        return {"eps": grid, "norm": self.params.norm, "fooled_rate": fooled_rates([r["min_eps"] for r in records],
+                                                                                  grid)}
+
+    def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
+        from featvis.adversarial.robustness import median_budget
+
+        curve = self._curve(records)
+        out = {"images": len(records), "curve": curve,
+               "fooled_rate_max_eps": curve["fooled_rate"][-1] if records else 0.0,
+               "median_min_eps": median_budget(r["min_eps"] for r in records), "figure": "curve.png"}
+        if any(r.get("label") is not None for r in records):
+            labels = info.get("labels")
+            known = [r for r in records if r.get("label") is not None]
+            groups: dict[int, list[dict]] = {}
+            for r in known:
+                groups.setdefault(int(r["label"]), []).append(r)
+            out["per_class"] = [{"class": c, "name": labels[c] if labels is not None else str(c),
+                                 "images": len(rs), "curve": self._curve(rs)["fooled_rate"],
+                                 "median_min_eps": median_budget(r["min_eps"] for r in rs)}
+                                for c, rs in sorted(groups.items())]
+        return out
+
+    def finalize(self, records: list[dict], summary: dict, info: Mapping[str, Any]) -> dict[str, bytes]:
+        from featvis.figures import figure_png, robustness_curve
+
+        name = f"{self.params.method} on {info.get('model', '?').split('@')[0]}"
+        return {"curve.png": figure_png(robustness_curve({name: summary["curve"]}), dpi=110),
+                "results.csv": _csv(records, ROBUSTNESS_FIELDS)}
+
+    @classmethod
+    def section(cls, run) -> Section:
+        summ, p = run.summary, run.params
+        curve = summ["curve"]
+        linf = curve["norm"] == "linf"
+        target = p.get("target")
+        goal = "change its prediction" if target is None else ("predict a random class" if target == "random" else
+                                                               f"predict the target ({target})")
+        s = Section(f"Robustness: {p.get('method')} ({curve['norm']}), how small a change fools it",
+                    f"The {p.get('method')} attack run at growing budgets ε; an image counts as fooled at ε when an "
+                    f"image within ε of it, saved as 8-bit PNG, makes the model {goal}. The curve is the share of "
+                    "images fooled at each budget" + (" (ε in 8-bit levels: 1/255 is the smallest possible change)."
+                                                      if linf else " (L2 size of the change in [0, 1] units)."))
+        s.figures.append(("curve.png", "images fooled against the budget"))
+        scale, unit = (255, "/255") if linf else (1, "")
+        s.tables.append(Table("share fooled", ["budget ε", "images fooled"],
+                              [[f"{e * scale:.3g}{unit}", f"{r:.0%}"] for e, r in
+                               zip(curve["eps"], curve["fooled_rate"], strict=True)]))
+        s.tables.append(Table("per image", ["image", "was", "target", "now", "smallest fooling ε"],
+                              [[short_name(r.get("input")), r["original_name"], r["target_name"] or "(untargeted)",
+                                r["predicted_name"], f"{r['min_eps'] * scale:.3g}{unit}" if r["fooled"] else
+                                "not fooled"] for r in run.items]))
+        if summ.get("per_class"):
+            s.tables.append(Table("per class", ["class", "images", *(f"{e * scale:.3g}{unit}" for e in curve["eps"])],
+                                  [[c["name"], c["images"], *(f"{v:.0%}" for v in c["curve"])]
+                                   for c in summ["per_class"]]))
+        return s

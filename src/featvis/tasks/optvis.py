@@ -1,0 +1,257 @@
+"""The classvis task (an image per class) and the features task (an image per channel or neuron of a layer)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from featvis._registry import Option, options_from
+from featvis.data import Dataset
+from featvis.errors import FeatvisError, did_you_mean
+from featvis.tasks.base import Batch, Output, Section, Table, Task, register
+
+GRID_MAX = 100  # images in the run's grid.png (the rest are in images/)
+
+
+def preset_options(preset: str) -> dict[str, Option]:
+    """What `preset` takes: its own options (its build function's) and the render loop's."""
+    from featvis.optvis import PRESETS, render_steps
+
+    spec = PRESETS.get(preset)
+    own = getattr(spec, "options", None)
+    if own is None:
+        params = list(inspect.signature(spec.build).parameters)
+        own = options_from(spec.build, skip=tuple(params[:4]))
+    loop = options_from(render_steps, skip=("objective", "param", "transforms", "size", "batch", "steps", "seed",
+                                            "optimizer", "post_step", "model_size"))
+    return {**loop, **own}
+
+
+def check_preset(preset: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    from featvis.optvis import PRESETS
+
+    name = PRESETS.canonical(preset)
+    takes = preset_options(name)
+    out = {}
+    for key, value in options.items():
+        k = key.replace("-", "_")
+        if k == "seed":
+            raise FeatvisError("seed is the run's --seed (each image's seed derives from it); not a preset option")
+        if k not in takes:
+            raise did_you_mean(f"option for preset {name}", key, list(takes) or ["(it takes none)"],
+                               hint=f"{name} takes {', '.join(takes) or 'no options'}")
+        out[k] = takes[k].parse(value)
+    return name, out
+
+
+def _progress_callback(steps: int | None):
+    from featvis import _progress
+
+    return lambda state: _progress.report("render step", state.step, steps or state.step, preview=state.images)
+
+
+def _render_outputs(clf, res, batch: Batch, folder: str, classes: list[int] | None) -> list[Output]:
+    from featvis.images import encode_png, quantize
+    from featvis.models.classifier import frozen
+
+    with torch.no_grad(), frozen(clf):
+        probs = clf(quantize(res.images).to(clf.device)).softmax(-1)
+    outputs = []
+    for i, item in enumerate(batch.items):
+        top = int(probs[i].argmax())
+        rec = {"value": item.value, "title": res.titles[i] if i < len(res.titles) else item.key,
+               "score": float(res.scores[i]), "image": f"{folder}/{item.key}.png",
+               "ms_per_step": res.ms_per_step / len(batch), "top1": top, "top1_name": clf.labels[top],
+               "top1_prob": float(probs[i, top])}
+        if classes is not None:
+            rec["target_prob"] = float(probs[i, classes[i]])
+        outputs.append(Output(rec, {rec["image"]: encode_png(res.images[i])}))
+    return outputs
+
+
+def _grid(records: list[dict], info: Mapping[str, Any]) -> dict[str, bytes]:
+    from featvis.figures import figure_png, render_grid
+    from featvis.images import load_image
+
+    shown = records[:GRID_MAX]
+    read = info.get("read")
+    if not shown or read is None:
+        return {}
+    imgs = torch.cat([load_image(read(r["image"])) for r in shown])
+    titles = [f"{r['title']}\n" + (f"p={r['target_prob']:.3f}" if "target_prob" in r else f"{r['score']:.2f}")
+              for r in shown]
+    return {"grid.png": figure_png(render_grid(imgs, titles), dpi=110)}
+
+
+def _gallery(run, title: str, intro: str, what: str) -> Section:
+    s = Section(title, intro)
+    n = len(run.items)
+    s.figures.append(("grid.png", f"{min(n, GRID_MAX)} of {n} images, preset {run.params.get('preset')}"))
+    s.tables.append(Table("per image", [what, "objective score", "model's top-1", "p"],
+                          [[r["title"], r["score"], f"{r['top1_name']} ({r['top1']})",
+                            r.get("target_prob", r["top1_prob"])] for r in run.items]))
+    return s
+
+
+@dataclass(frozen=True)
+class ClassvisParams:
+    classes: tuple[int | str, ...] | str = ()  # class names/indices, or "all"
+    preset: str = "lucid"
+    steps: int | None = None
+    size: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        preset, options = check_preset(self.preset, self.options)
+        object.__setattr__(self, "preset", preset)
+        object.__setattr__(self, "options", options)
+        if isinstance(self.classes, str) and self.classes != "all":
+            object.__setattr__(self, "classes", (self.classes,))
+        if not self.classes:
+            raise FeatvisError("name at least one class (e.g. `featvis classvis tarantula`) or all classes "
+                               "(--all-classes)")
+        if self.steps is not None and self.steps < 0:
+            raise FeatvisError(f"steps must be >= 0, got {self.steps}")
+        if self.size is not None and not 16 <= self.size <= 1024:
+            raise FeatvisError(f"size must be 16..1024 pixels, got {self.size}")
+
+
+@register
+class ClassvisTask(Task):
+    """An image per class that the model scores highly (class visualization), resumable over all 1000."""
+
+    name = "classvis"
+    title = "Class visualization"
+    kind = "units"
+    Params = ClassvisParams
+
+    def _indices(self, clf) -> list[int]:
+        if self.params.classes == "all":
+            return list(range(len(clf.labels)))
+        return list(dict.fromkeys(clf.labels.lookup(c) for c in self.params.classes))
+
+    def prepare(self, clf) -> None:
+        self._indices(clf)
+
+    def units(self, clf) -> Dataset:
+        safe = lambda n: "".join(c if c.isalnum() or c in "-_" else "_" for c in n.replace(" ", "_"))  # noqa: E731
+        return Dataset.of_units(((f"{i:04d}-{safe(clf.labels[i])}", i) for i in self._indices(clf)), "classes")
+
+    def run(self, clf, batch: Batch) -> list[Output]:
+        from featvis.optvis import class_visualization
+
+        p = self.params
+        classes = [int(it.value) for it in batch.items]
+        res = class_visualization(clf, classes, preset=p.preset, steps=p.steps, size=p.size, seed=batch.seeds[0],
+                                  callback=_progress_callback(p.steps), **p.options)
+        return _render_outputs(clf, res, batch, "images", classes)
+
+    def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
+        probs = [r["target_prob"] for r in records]
+        return {"images": len(records), "mean_target_prob": sum(probs) / len(probs) if probs else None,
+                "top1_is_target": sum(r["top1"] == r["value"] for r in records) / max(len(records), 1),
+                "grid": "grid.png"}
+
+    def finalize(self, records: list[dict], summary: dict, info: Mapping[str, Any]) -> dict[str, bytes]:
+        return _grid(records, info)
+
+    @classmethod
+    def section(cls, run) -> Section:
+        return _gallery(run, f"Class visualization ({run.params.get('preset')})",
+                        "Images synthesized from noise to maximize one class score. The <b>lab</b> preset is CS231n's "
+                        "recipe (pixels, normalized gradient ascent, L2 penalty, jitter, periodic blur); <b>lucid</b> "
+                        "optimizes a Fourier-space, colour-decorrelated image that must survive random jitter, "
+                        "scaling and rotation (Olah et al. 2017), which turns adversarial noise into recognizable "
+                        "parts. p is the model's probability of the class on the saved image.", "class")
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    layer: str = ""
+    channels: tuple[int, ...] | str = (0,)  # channel indices, or "all"
+    neuron: bool = False
+    preset: str = "lucid"
+    steps: int | None = None
+    size: int | None = 128
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        preset, options = check_preset(self.preset, self.options)
+        object.__setattr__(self, "preset", preset)
+        object.__setattr__(self, "options", options)
+        if not self.layer:
+            raise FeatvisError("name a layer (see `featvis layers`), e.g. --layer blocks.8")
+        if self.channels != "all":
+            try:
+                chans = tuple(int(c) for c in ([self.channels] if isinstance(self.channels, int) else self.channels))
+            except (TypeError, ValueError):
+                raise FeatvisError(f"channels {self.channels!r} must be integers, e.g. 7 or 0,5,9") from None
+            if not chans or min(chans) < 0:
+                raise FeatvisError(f"channels must be non-negative integers, got {self.channels!r}")
+            object.__setattr__(self, "channels", tuple(dict.fromkeys(chans)))
+        if self.size is not None and not 16 <= self.size <= 1024:
+            raise FeatvisError(f"size must be 16..1024 pixels, got {self.size}")
+
+
+@register
+class FeaturesTask(Task):
+    """An image per channel (or centre neuron) of a layer; `channels="all"` renders the whole layer."""
+
+    name = "features"
+    title = "Feature visualization"
+    kind = "units"
+    Params = FeaturesParams
+
+    def _layer(self, clf) -> tuple[str, int]:
+        from featvis.layers import find_layer, list_layers
+
+        name = find_layer(clf, self.params.layer)[0]
+        info = next((i for i in list_layers(clf) if i.name == name), None)
+        if info is None or not info.shape:
+            raise FeatvisError(f"layer {name!r} produced no tensor output; pick another layer (featvis layers)")
+        return name, int(info.shape[0])
+
+    def _channels(self, clf) -> tuple[str, list[int]]:
+        name, count = self._layer(clf)
+        chans = list(range(count)) if self.params.channels == "all" else list(self.params.channels)
+        bad = [c for c in chans if c >= count]
+        if bad:
+            raise FeatvisError(f"layer {name!r} has {count} channels (0..{count - 1}); channel {bad[0]} does not "
+                               "exist")
+        return name, chans
+
+    def prepare(self, clf) -> None:
+        self._channels(clf)
+
+    def units(self, clf) -> Dataset:
+        name, chans = self._channels(clf)
+        tail = "-neuron" if self.params.neuron else ""
+        return Dataset.of_units(((f"{name}-{c:04d}{tail}", c) for c in chans), f"channels of {name}")
+
+    def run(self, clf, batch: Batch) -> list[Output]:
+        from featvis.optvis import feature_visualization
+
+        p = self.params
+        name, _ = self._layer(clf)
+        res = feature_visualization(clf, name, [int(it.value) for it in batch.items], neuron=p.neuron,
+                                    preset=p.preset, steps=p.steps, size=p.size, seed=batch.seeds[0],
+                                    callback=_progress_callback(p.steps), **p.options)
+        return _render_outputs(clf, res, batch, "images", None)
+
+    def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
+        return {"images": len(records), "layer": self.params.layer, "grid": "grid.png"}
+
+    def finalize(self, records: list[dict], summary: dict, info: Mapping[str, Any]) -> dict[str, bytes]:
+        return _grid(records, info)
+
+    @classmethod
+    def section(cls, run) -> Section:
+        return _gallery(run, f"Feature visualization: {run.params.get('layer')}",
+                        "What single channels of a layer respond to: each image maximizes one channel's mean "
+                        "activation (or its centre neuron). Early layers answer to colours and edges, middle ones to "
+                        "textures and parts, late ones to object-like patterns. The forward pass stops at the layer.",
+                        "channel")

@@ -1,0 +1,153 @@
+"""The results format of a featvis run, schema 1: written here, read here (the report, `featvis report`, resume).
+
+A run folder holds:
+
+- `manifest.json` — `{"schema": 1, "task", "params", "params_hash", "seed", "model": {"id", "weights_sha256",
+  "source", ...}, "inputs": {...}, "executor", "versions", "argv", "started", "finished", "status":
+  "running" | "done" | "interrupted" | "failed", "timings_s", "workers": {node: items}}`.
+- `records/<batch>.json` — one file per finished batch, written atomically when its items' files are in place:
+  `{"schema": 1, "items": [record, ...], "errors": [{"key", "input", "error"}], "worker": {"node", "pid"}}`.
+  An item is done when its record is in some batch file; an item with an error is retried by the next run.
+- `results.json` — written at the end: `{"schema": 1, "task", "model", "summary", "items": [record, ...],
+  "failed": [{"key", "input", "error"}], "artifacts": [run-level files]}`.
+- the task's files, named in the records (always relative to the run folder).
+
+Every record has `key` (file-name safe, unique), `input` (the image path or the unit), `label` (the true class or
+null), `seed` (the item's own seed) and the task's fields. A reader refuses a schema newer than it knows.
+See docs/results-format.md for each task's fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featvis._io import atomic_write_json
+from featvis.errors import FeatvisError
+
+SCHEMA = 1
+MANIFEST = "manifest.json"
+RESULTS = "results.json"
+RECORDS = "records"
+LOCK = ".featvis.lock"
+
+
+def batch_id(keys: list[str]) -> str:
+    return hashlib.sha1("\0".join(keys).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def write_batch(out: Path, keys: list[str], records: list[dict], errors: list[dict], worker: dict) -> Path:
+    """Record a finished batch (after its files are written)."""
+    return atomic_write_json(out / RECORDS / f"{batch_id(keys)}.json",
+                             {"schema": SCHEMA, "items": records, "errors": errors, "worker": worker})
+
+
+def read_batches(out: Path) -> tuple[dict[str, dict], dict[str, dict], dict[str, int]]:
+    """(records by key, latest errors by key for items not done, items per worker node) of the batch files."""
+    records: dict[str, dict] = {}
+    errors: dict[str, dict] = {}
+    nodes: dict[str, int] = {}
+    folder = out / RECORDS
+    if not folder.is_dir():
+        return records, errors, nodes
+    for f in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(f.read_text("utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # a batch file is written atomically; an unreadable one is not ours, and its items are redone
+        _check_schema(data, f)
+        for r in data.get("items", []):
+            records[r["key"]] = r
+            node = (data.get("worker") or {}).get("node", "local")
+            nodes[node] = nodes.get(node, 0) + 1
+        for e in data.get("errors", []):
+            errors[e["key"]] = e
+    return records, {k: e for k, e in errors.items() if k not in records}, nodes
+
+
+def write_results(out: Path, task: str, model: str | None, summary: dict, items: list[dict], failed: list[dict],
+                  artifacts: list[str]) -> Path:
+    return atomic_write_json(out / RESULTS, {"schema": SCHEMA, "task": task, "model": model, "summary": summary,
+                                             "items": items, "failed": failed, "artifacts": artifacts})
+
+
+def _check_schema(data: Any, path: Path) -> None:
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if isinstance(schema, int) and schema > SCHEMA:
+        raise FeatvisError(f"{str(path)!r} was written by a newer featvis (results schema {schema}; this one reads "
+                           f"up to {SCHEMA}); upgrade featvis to read it")
+
+
+@dataclass
+class Run:
+    """A finished (or partial) run read back from its folder."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest.get("task", ""))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        p = self.manifest.get("params")
+        return p if isinstance(p, dict) else {}
+
+    @property
+    def model_id(self) -> str:
+        m = self.manifest.get("model")
+        return str(m.get("id", "?")) if isinstance(m, dict) else "?"
+
+    def file(self, rel: str) -> Path:
+        """A file the run names, confined to the run folder (a name that leaves it is refused)."""
+        if not isinstance(rel, str) or not rel or "\0" in rel:
+            raise FeatvisError(f"run {str(self.folder)!r} names an invalid file {rel!r}")
+        root = self.folder.resolve()
+        path = (root / rel).resolve()
+        if os.path.isabs(rel) or root not in path.parents:
+            raise FeatvisError(f"run {str(self.folder)!r} names a file outside its folder ({rel!r}); refusing it")
+        return path
+
+
+def read_run(folder: str | os.PathLike) -> Run:
+    """Read a run folder's manifest and results; a newer schema or a broken file is a one-line error."""
+    d = Path(folder)
+    manifest_path = d / MANIFEST
+    if not manifest_path.is_file():
+        raise FeatvisError(f"{str(d)!r} is not a featvis run folder (no {MANIFEST})")
+    manifest = _load(manifest_path)
+    _check_schema(manifest, manifest_path)
+    if "schema" not in manifest or "task" not in manifest:
+        raise FeatvisError(f"{str(manifest_path)!r} is from an older featvis (no results schema); rerun the command "
+                           "with this version to make a report from it")
+    results_path = d / RESULTS
+    if not results_path.is_file():
+        status = manifest.get("status", "unknown")
+        raise FeatvisError(f"run {str(d)!r} has no {RESULTS} (status: {status}); rerun the same command to finish it")
+    results = _load(results_path)
+    _check_schema(results, results_path)
+    for name, kind in (("summary", dict), ("items", list), ("failed", list)):
+        if not isinstance(results.get(name, kind()), kind):
+            raise FeatvisError(f"{str(results_path)!r} is malformed ({name!r} is not a {kind.__name__}); rerun the "
+                               "command to rewrite it")
+    items = [r for r in results.get("items", []) if isinstance(r, dict)]
+    return Run(d, manifest, results.get("summary", {}), items, results.get("failed", []))
+
+
+def _load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FeatvisError(f"cannot read {str(path)!r}: {str(e).splitlines()[0]}; rerun the command to rewrite it") \
+            from None
+    if not isinstance(data, dict):
+        raise FeatvisError(f"{str(path)!r} is not a featvis results file (expected a JSON object)")
+    return data

@@ -1,0 +1,252 @@
+"""The runner: one place that turns "this task over these inputs" into a run folder.
+
+It owns what every front end needs and no algorithm should do: validating before writing, the manifest, per-item
+seeds (from each item's identity), batching, atomic writes (through the executor), resume (finished items are
+skipped; other parameters are refused unless `overwrite`), per-item errors (recorded, the rest goes on), a lock
+against two runs in one folder, and progress events for the CLI (rich), the web API (SSE) and notebooks.
+
+Example:
+    >>> from featvis.tasks import SaliencyTask, run_task
+    >>> run = run_task(SaliencyTask(methods=("gradient", "gradcam")), ["photos/"], "out/", clf=clf)
+    >>> run.summary
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featvis._io import atomic_write_bytes, atomic_write_json, clean_temporaries, dumps, versions
+from featvis.data import Dataset, Item
+from featvis.errors import FeatvisError
+from featvis.tasks import results as fmt
+from featvis.tasks.base import Task
+from featvis.tasks.executors import make_executor
+
+
+@dataclass(frozen=True)
+class Event:
+    """A progress event. kind: "start" (total items, already done), "stage" (progress inside a batch), "batch"
+    (items done so far), "error" (an item failed: message), "done" (the run finished)."""
+
+    kind: str
+    done: int = 0
+    total: int = 0
+    skipped: int = 0
+    stage: str = ""
+    stage_done: float = 0.0
+    stage_total: float = 0.0
+    message: str = ""
+
+
+Progress = Callable[[Event], None]
+
+
+def model_info(clf) -> dict[str, Any]:
+    source = getattr(clf, "source", None)
+    return {"name": clf.name, "id": clf.id, "weights_sha256": clf.weights_hash, "input_size": clf.input_size,
+            "mean": clf.mean.flatten().tolist(), "std": clf.std.flatten().tolist(), "classes": len(clf.labels),
+            "device": str(clf.device), "source": source.to_dict() if hasattr(source, "to_dict") else None}
+
+
+def params_hash(task: Task, clf, seed: int) -> str:
+    key = {"task": task.name, "params": task.param_dict(), "model": clf.id, "seed": seed}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder: a second run on the same folder fails at once instead of doing
+    all the work twice."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (said in the README)
+        yield
+        return
+    path = out / fmt.LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise FeatvisError(f"another featvis run (pid {other}) is writing to {str(out)!r}; wait for it to "
+                               "finish or choose another -o folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _inputs(task: Task, clf, inputs, *, imagefolder: bool) -> Dataset:
+    if task.kind == "units":
+        if inputs is not None:
+            raise FeatvisError(f"{task.name} makes its own items ({task.title}); it takes no input images")
+        return task.units(clf)
+    if inputs is None:
+        raise FeatvisError(f"{task.name} needs input images: files, folders, globs or a .txt/.csv list")
+    if isinstance(inputs, Dataset):
+        return inputs
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    return Dataset.from_inputs(list(inputs), labels=clf.labels, imagefolder=imagefolder)
+
+
+def _chunks(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
+
+
+def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | os.PathLike | None,
+             out: str | os.PathLike, *, clf, executor: Any = "local", batch_size: int | None = None, seed: int = 0,
+             overwrite: bool = False, imagefolder: bool = False, progress: Progress | None = None,
+             argv: Sequence[str] | None = None) -> fmt.Run:
+    """Run `task` over `inputs` into the folder `out`, resuming what an earlier run of the same task left there.
+
+    Args:
+        task: a task with its parameters (e.g. `SaliencyTask(methods=("gradient",))`).
+        inputs: a `Dataset`, or files/folders/globs/lists; None for tasks that make their own items (classvis).
+        out: the run folder (created; a rerun resumes it).
+        clf: the classifier (the Ray executor rebuilds it on each worker from `clf.source`).
+        executor: "local" (default), "ray", or an executor object.
+        batch_size: items per batch (default: the task's).
+        seed: the run's seed; each item's seed is derived from it and the item's key.
+        overwrite: start over in a folder that holds a run with other parameters.
+        imagefolder: read input folders as ImageFolder layouts (sub-folder = true class).
+        progress: called with each `Event`.
+
+    Returns:
+        The finished run, read back from its folder (`featvis.tasks.results.Run`).
+    """
+    emit = progress or (lambda _e: None)
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise FeatvisError(f"output {str(folder)!r} exists and is not a folder; choose another -o")
+    # Validate everything before the first write: a refused command leaves nothing behind.
+    task.prepare(clf)
+    data = _inputs(task, clf, inputs, imagefolder=imagefolder).seeded(seed)
+    if getattr(task, "needs_labels", lambda: False)():
+        missing = sum(it.label is None for it in data)
+        if missing:
+            raise FeatvisError(f"target 'true' needs each image's true class, and {missing} of {len(data)} inputs have "
+                               "none; use an ImageFolder layout (--imagefolder) or a CSV list with a label column")
+    size = batch_size or task.default_batch
+    if size < 1:
+        raise FeatvisError(f"batch size must be at least 1, got {size}")
+    ex = make_executor(executor)
+    phash = params_hash(task, clf, seed)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from featvis._io import os_error
+
+        raise os_error(e, folder) from None
+    with folder_lock(folder):
+        previous = _previous_manifest(folder)
+        if previous is not None and previous.get("params_hash") not in (None, phash):
+            if not overwrite:
+                raise FeatvisError(f"{str(folder)!r} holds a {previous.get('task', 'different')!r} run with other "
+                                   "parameters; use a new -o folder, or --overwrite to start over")
+            _clear(folder)
+        clean_temporaries(folder)
+        manifest = {
+            "schema": fmt.SCHEMA, "task": task.name, "params": task.param_dict(), "params_hash": phash,
+            "seed": seed, "model": model_info(clf), "inputs": data.spec,
+            "executor": ex.describe() | {"batch_size": size}, "versions": versions(),
+            "argv": list(argv if argv is not None else sys.argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running",
+        }
+        atomic_write_json(folder / fmt.MANIFEST, manifest)
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        status = "failed"
+        try:
+            done, _, _ = fmt.read_batches(folder)
+            keys = [it.key for it in data]
+            skipped = sum(k in done for k in keys)
+            emit(Event("start", done=skipped, total=len(keys), skipped=skipped))
+            # Batches are fixed chunks of the whole item list, so a resumed run redoes exactly the batches an
+            # interrupted one left (same batch-mates, same results), and the Ray executor runs the same batches.
+            batches = [[it for it in chunk if it.key not in done] for chunk in _chunks(data.items, size)]
+            batches = [b for b in batches if b]
+            count = skipped
+
+            def on_stage(stage: str, d: float, t: float, extra: dict | None = None) -> None:
+                emit(Event("stage", done=count, total=len(keys), stage=stage, stage_done=d, stage_total=t))
+
+            for res in ex.map(task, clf, folder, batches, on_stage=on_stage):
+                fmt.write_batch(folder, res.keys, res.records, res.errors, res.worker)
+                for k, v in res.seconds.items():
+                    timings[k] = timings.get(k, 0.0) + v
+                count += len(res.records)
+                for e in res.errors:
+                    emit(Event("error", done=count, total=len(keys), message=f"{e['input']}: {e['error']}"))
+                emit(Event("batch", done=count, total=len(keys)))
+            status = "done"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            ex.close()
+            if status != "done":
+                manifest.update(status=status, timings_s=_rounded(timings, t_start))
+                with contextlib.suppress(FeatvisError, OSError):
+                    atomic_write_json(folder / fmt.MANIFEST, manifest)
+        run = _finish(task, clf, data, folder, manifest, timings, t_start, skipped)
+    emit(Event("done", done=len(run.items), total=len(data), message=str(folder)))
+    return run
+
+
+def _finish(task: Task, clf, data: Dataset, folder: Path, manifest: dict, timings: dict[str, float],
+            t_start: float, skipped: int) -> fmt.Run:
+    records, errors, nodes = fmt.read_batches(folder)
+    items = [records[it.key] for it in data if it.key in records]
+    failed = [errors[it.key] for it in data if it.key in errors]
+    info = {"model": clf.id, "labels": clf.labels, "task": task.name,
+            "read": lambda rel: fmt.Run(folder, manifest).file(rel).read_bytes()}
+    t0 = time.perf_counter()
+    summary = task.summarize(items, info)
+    artifacts = task.finalize(items, summary, info)
+    for rel, blob in artifacts.items():
+        atomic_write_bytes(folder / rel, blob)
+    timings["summary"] = time.perf_counter() - t0
+    fmt.write_results(folder, task.name, clf.id, summary, items, failed, sorted(artifacts))
+    manifest.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    timings_s=_rounded(timings, t_start), workers=nodes,
+                    counts={"items": len(data), "done": len(items), "failed": len(failed), "skipped": skipped})
+    atomic_write_json(folder / fmt.MANIFEST, manifest)
+    return fmt.Run(folder, manifest, summary, items, failed)
+
+
+def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in timings.items()} | {"total": round(time.perf_counter() - t_start, 4)}
+
+
+def _previous_manifest(folder: Path) -> dict | None:
+    path = folder / fmt.MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {"params_hash": "unreadable", "task": "unreadable"}
+    return data if isinstance(data, dict) else {"params_hash": "unreadable"}
+
+
+def _clear(folder: Path) -> None:
+    """Forget an earlier run's records and results (its files are overwritten as items are redone)."""
+    for f in (folder / fmt.RECORDS).glob("*.json"):
+        f.unlink()
+    (folder / fmt.RESULTS).unlink(missing_ok=True)
+
+
+__all__ = ["Event", "Progress", "dumps", "model_info", "run_task"]
