@@ -11,7 +11,8 @@ from _models import TinyConvNet
 from _vit import TinyAttnViT
 
 FAST = {"smoothgrad": {"samples": 2}, "smoothgrad-sq": {"samples": 2}, "vargrad": {"samples": 2},
-        "integrated-gradients": {"steps": 4}, "occlusion": {"window": 8, "stride": 8}}
+        "integrated-gradients": {"steps": 4}, "occlusion": {"window": 8, "stride": 8}, "rise": {"masks": 8},
+        "expected-gradients": {"samples": 2, "references": torch.rand(2, 3, 32, 32)}}
 
 
 def _state(net):
