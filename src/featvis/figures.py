@@ -263,3 +263,63 @@ def accentuation_panels(result, max_rows: int = 8, gain: float = 4.0) -> plt.Fig
     for ax in axes.flat:
         ax.axis("off")
     return fig
+
+
+def _band(rows: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over images (rows) and its percentile-bootstrap 95 % interval, per column."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, rows.shape[0], size=(resamples, rows.shape[0]))
+    means = rows[idx].mean(1)
+    return rows.mean(0), np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+
+
+def evaluation_curves(records: Sequence[Mapping], methods: Sequence[str] | None = None) -> plt.Figure:
+    """Deletion and insertion curves over a data set: per method the mean over images and a bootstrap 95 % band.
+
+    `records`: per-image records of `featvis.attribution.evaluation.evaluate_batch` (their "curves").
+    """
+    names = list(methods or dict.fromkeys(m for r in records for m in r.get("curves", {})))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    for ax, kind, better in zip(axes, ("deletion", "insertion"), ("lower", "higher"), strict=True):
+        for name in names:
+            rows = [r["curves"][name][kind] for r in records if name in r.get("curves", {})]
+            if not rows:
+                continue
+            arr = np.asarray(rows, dtype=np.float64)
+            mean, lo, hi = _band(arr)
+            x = np.linspace(0, 1, arr.shape[1])
+            auc = float(((arr[:, 1:] + arr[:, :-1]) / 2).mean(1).mean())
+            style = {"color": "grey", "ls": "--"} if name == "random" else {}
+            (line,) = ax.plot(x, mean, lw=1.4, label=f"{name} ({auc:.3f})", **style)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        ax.set_title(f"{kind} ({better} AUC is better); band: 95 % bootstrap over {len(records)} images", fontsize=9)
+        ax.set_xlabel("fraction of pixels " + ("removed" if kind == "deletion" else "revealed"))
+        ax.set_ylabel("p(class)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=6, ncol=2)
+    return fig
+
+
+def method_strip(images: torch.Tensor, maps: Mapping[str, torch.Tensor], titles: Sequence[str] = (), *,
+                 shared_scale: bool = False) -> plt.Figure:
+    """Example maps as a method × image grid: one row per method, one column per image (overlays)."""
+    names = list(maps)
+    n = images.shape[0]
+    fig, axes = plt.subplots(len(names) + 1, n, figsize=(1.9 * n, 1.9 * (len(names) + 1)), squeeze=False,
+                             constrained_layout=True)
+    for j in range(n):
+        axes[0, j].imshow(_img(images[j]))
+        axes[0, j].set_title(titles[j] if j < len(titles) else "", fontsize=7)
+    for i, name in enumerate(names, start=1):
+        scaled = scale_maps(list(maps[name]), shared_scale)
+        for j in range(n):
+            axes[i, j].imshow(overlay(images[j], scaled[j]))
+        axes[i, 0].text(-0.08, 0.5, name, transform=axes[i, 0].transAxes, rotation=90, va="center", ha="right",
+                        fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.suptitle(f"colour scale: {'shared across images' if shared_scale else 'per map'}", fontsize=8)
+    return fig

@@ -237,3 +237,17 @@ def test_evaluate_batch_records(tiny):
     with pytest.raises(fv.FeatvisError, match="unknown metric"):
         evaluate_batch(tiny, x, None, ["gradient"], ["delition"])
     assert {m: METRICS.get(m).direction for m in ("deletion", "road-gap")} == {"deletion": "↓", "road-gap": "↑"}
+
+
+def test_evaluation_figures_draw_from_records():
+    from featvis.figures import evaluation_curves, figure_png, method_strip
+
+    gen = torch.Generator().manual_seed(0)
+    recs = [{"index": i, "target": 0, "scores": {}, "seconds": {},
+             "curves": {m: {"deletion": torch.rand(6, generator=gen).tolist(),
+                            "insertion": torch.rand(6, generator=gen).tolist()} for m in ("gradient", RANDOM)}}
+            for i in range(4)]
+    assert figure_png(evaluation_curves(recs)).startswith(b"\x89PNG")
+    images = torch.rand(3, 3, 16, 16)
+    png = figure_png(method_strip(images, {"a": torch.rand(3, 16, 16), "b": torch.rand(3, 16, 16)}, ["x", "y", "z"]))
+    assert png.startswith(b"\x89PNG")
