@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from featvis._registry import Option, options_from
+from featvis._registry import Option
 from featvis.data import Dataset
 from featvis.errors import FeatvisError, did_you_mean
 from featvis.tasks.base import Batch, Output, Section, Table, Task, register
@@ -17,35 +16,32 @@ from featvis.tasks.base import Batch, Output, Section, Table, Task, register
 GRID_MAX = 100  # images in the run's grid.png (the rest are in images/)
 
 
-def preset_options(preset: str) -> dict[str, Option]:
-    """What `preset` takes: its own options (its build function's) and the render loop's."""
-    from featvis.optvis import PRESETS, render_steps
+RENDER_OPTIONS = ("lr", "optimizer", "views", "model_size")  # render-loop settings a run may override
 
-    spec = PRESETS.get(preset)
-    own = getattr(spec, "options", None)
-    if own is None:
-        params = list(inspect.signature(spec.build).parameters)
-        own = options_from(spec.build, skip=tuple(params[:4]))
-    loop = options_from(render_steps, skip=("objective", "param", "transforms", "size", "batch", "steps", "seed",
-                                            "optimizer", "post_step", "model_size"))
-    return {**loop, **own}
+
+def preset_options(preset: str) -> dict[str, Option]:
+    """What `preset` takes in a run: its own options (its build function's) and a few render-loop settings."""
+    from featvis.optvis import PRESETS
+    from featvis.optvis.presets import _render_options
+
+    loop = _render_options()
+    return {**{k: loop[k] for k in RENDER_OPTIONS if k in loop}, **PRESETS.get(preset).options}
 
 
 def check_preset(preset: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The canonical preset name and the options checked (and converted) against what it takes."""
     from featvis.optvis import PRESETS
 
     name = PRESETS.canonical(preset)
+    if "seed" in {k.replace("-", "_") for k in options}:
+        raise FeatvisError("seed is the run's --seed (each image's seed derives from it); not a preset option")
     takes = preset_options(name)
-    out = {}
-    for key, value in options.items():
-        k = key.replace("-", "_")
-        if k == "seed":
-            raise FeatvisError("seed is the run's --seed (each image's seed derives from it); not a preset option")
-        if k not in takes:
-            raise did_you_mean(f"option for preset {name}", key, list(takes) or ["(it takes none)"],
-                               hint=f"{name} takes {', '.join(takes) or 'no options'}")
-        out[k] = takes[k].parse(value)
-    return name, out
+    unknown = [k for k in options if k.strip().replace("-", "_") not in takes]
+    if unknown:
+        raise did_you_mean(f"option for preset {name}", unknown[0], list(takes),
+                           hint=f"{name} takes {', '.join(takes)}")
+    own, rest = PRESETS.get(name).split(options, name)
+    return name, {**own, **rest}
 
 
 def _progress_callback(steps: int | None):
@@ -146,7 +142,7 @@ class ClassvisTask(Task):
 
         p = self.params
         classes = [int(it.value) for it in batch.items]
-        res = class_visualization(clf, classes, preset=p.preset, steps=p.steps, size=p.size, seed=batch.seeds[0],
+        res = class_visualization(clf, classes, preset=p.preset, steps=p.steps, size=p.size, seed=batch.seeds,
                                   callback=_progress_callback(p.steps), **p.options)
         return _render_outputs(clf, res, batch, "images", classes)
 
@@ -238,7 +234,7 @@ class FeaturesTask(Task):
         p = self.params
         name, _ = self._layer(clf)
         res = feature_visualization(clf, name, [int(it.value) for it in batch.items], neuron=p.neuron,
-                                    preset=p.preset, steps=p.steps, size=p.size, seed=batch.seeds[0],
+                                    preset=p.preset, steps=p.steps, size=p.size, seed=batch.seeds,
                                     callback=_progress_callback(p.steps), **p.options)
         return _render_outputs(clf, res, batch, "images", None)
 
