@@ -11,8 +11,12 @@ from featvis.attribution import metrics, saliency
 from featvis.attribution.complexity import entropy, gini
 from featvis.attribution.evaluation import METRICS, RANDOM, bootstrap_interval, evaluate_batch, summarize
 from featvis.attribution.road import linear_impute, removal_masks, road
-from featvis.attribution.robust_metrics import infidelity, max_sensitivity, sensitivity_perturbations, \
-    square_perturbations
+from featvis.attribution.robust_metrics import (
+    infidelity,
+    max_sensitivity,
+    sensitivity_perturbations,
+    square_perturbations,
+)
 from featvis.attribution.sanity import efficient_mprt, randomization_similarity
 
 from _models import TinyConvNet
@@ -95,6 +99,7 @@ def test_gini_on_known_vectors():
 
 # --- robustness metrics against Captum ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_max_sensitivity_matches_captum(clf, small):
     targets = torch.tensor([281, 967])
     maps = saliency(clf, small, targets)
@@ -122,6 +127,7 @@ def test_max_sensitivity_of_a_randomized_method_keeps_its_own_draws(tiny):
     assert zero.abs().max() == 0  # no input change, same noise: no change in the map
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalize", [True, False])
 def test_infidelity_matches_captum(clf, small, normalize):
     targets = torch.tensor([281, 967])

@@ -50,7 +50,7 @@ def test_rise_equals_a_mask_by_mask_float64_reference(tiny):
     try:
         ref = torch.zeros(2, 32, 32, dtype=torch.float64)
         mean = tiny.mean.double().view(1, 3, 1, 1)
-        for i, m in enumerate(masks):  # one mask at a time, the paper's sum
+        for m in masks:  # one mask at a time, the paper's sum
             xm = x.double() * m + mean * (1 - m)
             p = net(xm).softmax(-1)[[0, 1], [1, 3]]
             ref += p.view(2, 1, 1) * m
@@ -75,6 +75,7 @@ def test_rise_is_seeded_and_a_batch_equals_singles_with_per_image_seeds(tiny):
 
 # --- Expected Gradients -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_expected_gradients_match_captum_on_the_same_draws(clf, small):
     """Captum's InputBaselineXGradient (the inner estimator of GradientShap) draws α with numpy; replay its draws."""
     import numpy as np
