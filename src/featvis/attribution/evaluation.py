@@ -43,6 +43,7 @@ class Metric:
     paper: str
     protocol: str
     group: str  # metrics of one group come from one computation
+    vs_random: bool = True  # False where the random map is the trivial optimum (an input-independent map is stable)
 
     @property
     def direction(self) -> str:
@@ -52,8 +53,9 @@ class Metric:
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def _metric(name: str, better: bool | None, paper: str, protocol: str, group: str | None = None) -> None:
-    METRICS.add(name, Metric(name, better, paper, protocol, group or name))
+def _metric(name: str, better: bool | None, paper: str, protocol: str, group: str | None = None,
+            vs_random: bool = True) -> None:
+    METRICS.add(name, Metric(name, better, paper, protocol, group or name, vs_random))
 
 
 RISE_PAPER = "Petsiuk, Das, Saenko 2018, RISE (BMVC)"
@@ -69,7 +71,8 @@ _metric("road-lerf", True, ROAD_PAPER, "mean p(class) after removing 10..90 % of
         "filled by noisy linear imputation", "road")
 _metric("road-gap", True, ROAD_PAPER, "road-lerf − road-morf", "road")
 _metric("max-sensitivity", False, YEH_PAPER, "max over 10 uniform L∞ perturbations of radius 0.02 of "
-        "‖Φ(x+δ) − Φ(x)‖/‖Φ(x)‖ (captum.metrics.sensitivity_max); randomized methods keep their own draws")
+        "‖Φ(x+δ) − Φ(x)‖/‖Φ(x)‖ (captum.metrics.sensitivity_max); randomized methods keep their own draws; "
+        "the random map ignores the input, so it scores 0 and is not a bar to beat", vs_random=False)
 _metric("infidelity", False, YEH_PAPER, "E[(Iᵀ β·Φ − (f(x) − f(x − I)))²] over 16 random squares (1/7 of the side) "
         "set to the mean colour, f the target logit, β the optimal scale (captum.metrics.infidelity, normalize=True)")
 _metric("sparseness", True, "Chalasani et al. 2020, Concise Explanations ... Adversarial Training (ICML)",
@@ -236,7 +239,7 @@ class Entry:
     random_mean: float | None
     diff_low: float | None  # paired bootstrap interval of mean(method − random)
     diff_high: float | None
-    beats_random: bool | None  # None for the random map itself and for metrics without a direction
+    beats_random: bool | None  # None for the random map itself, for time, and for max-sensitivity (see Metric)
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,8 @@ def summarize(records: Sequence[Mapping[str, Any]], *, seed: int = 0, resamples:
     """The leaderboard of per-image records (from one or many `evaluate_batch` calls).
 
     beats_random: the paired-bootstrap interval of the mean per-image difference (method − random) lies entirely on
-    the metric's better side. Images where either value is missing or not finite are left out of that pair.
+    the metric's better side. Images where either value is missing or not finite are left out of that pair. Not
+    computed (None) for time and for max-sensitivity, where the input-independent random map is the trivial optimum.
     """
     methods: list[str] = list(dict.fromkeys(m for r in records for m in r["scores"]))
     metric_names: list[str] = list(dict.fromkeys(k for r in records for s in r["scores"].values() for k in s))
@@ -300,6 +304,7 @@ def summarize(records: Sequence[Mapping[str, Any]], *, seed: int = 0, resamples:
     for metric in metric_names:
         info = METRICS.get(metric) if metric in METRICS else None
         better = info.higher_is_better if info else None
+        compare = better is not None and (info.vs_random if info else False)
         rand = torch.tensor(column(RANDOM, metric), dtype=torch.float64)
         rand_ok = rand[torch.isfinite(rand)]
         rand_mean = float(rand_ok.mean()) if rand_ok.numel() and better is not None else None
@@ -311,7 +316,7 @@ def summarize(records: Sequence[Mapping[str, Any]], *, seed: int = 0, resamples:
             low, high = bootstrap_interval(vals[ok], resamples=resamples, confidence=confidence, generator=gen)
             d_low = d_high = None
             beats = None
-            if better is not None and method != RANDOM and rand_mean is not None:
+            if compare and method != RANDOM and rand_mean is not None:
                 pair = ok & torch.isfinite(rand)
                 if pair.any():
                     d_low, d_high = bootstrap_interval((vals - rand)[pair], resamples=resamples,
