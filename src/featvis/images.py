@@ -23,6 +23,7 @@ from featvis.errors import FeatvisError, display_path
 
 MAX_PIXELS = 64_000_000  # 8000×8000; larger files are refused as possible decompression bombs
 MIN_SIDE = 8  # smaller images carry no usable content for an ImageNet model
+DRAFT_MARGIN = 2  # a large JPEG is decoded at a reduced scale down to twice the short side it will be resized to
 # The only formats decoded, with the file suffixes a folder is searched for (Pillow's names and suffixes). PIL can
 # try ~40 others, some through external programs (EPS runs Ghostscript) or seldom-fuzzed plugins; they are refused.
 ACCEPTED_FORMATS: dict[str, tuple[str, ...]] = {
@@ -49,17 +50,20 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def open_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int = MAX_PIXELS,
+               min_side: int | None = None) -> Image.Image:
     """Open and fully decode an image as 8-bit RGB, honouring EXIF orientation and converting any mode.
 
     Only `ACCEPTED_FORMATS` are decoded; anything else, and any file PIL fails on, is one FeatvisError.
+    `min_side`: the short side the caller will resize to; a JPEG much larger than that is decoded at a reduced
+    scale (libjpeg's DCT scaling, to at least twice `min_side`), which needs a fraction of the memory and time.
     """
     if isinstance(src, Image.Image):
         return _decode(src, "<PIL image>", max_pixels)
     if isinstance(src, bytes):
         if not src:
             raise FeatvisError("image data is empty (0 bytes)")
-        return _decode(_identify(io.BytesIO(src), "<bytes>", max_pixels), "<bytes>", max_pixels)
+        return _decode(_identify(io.BytesIO(src), "<bytes>", max_pixels), "<bytes>", max_pixels, min_side)
     name = f"'{display_path(src)}'"
     path = Path(src)
     if not path.exists():
@@ -73,7 +77,7 @@ def open_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int 
     with fp:
         if os.fstat(fp.fileno()).st_size == 0:
             raise FeatvisError(f"image {name} is an empty file")
-        return _decode(_identify(fp, name, max_pixels), name, max_pixels)
+        return _decode(_identify(fp, name, max_pixels), name, max_pixels, min_side)
 
 
 def _identify(fp: io.BufferedIOBase, name: str, max_pixels: int) -> Image.Image:
@@ -91,7 +95,7 @@ def _identify(fp: io.BufferedIOBase, name: str, max_pixels: int) -> Image.Image:
         raise FeatvisError(f"image {name} is corrupt ({_first_line(e)}); re-export or re-download it") from None
 
 
-def _decode(im: Image.Image, name: str, max_pixels: int) -> Image.Image:
+def _decode(im: Image.Image, name: str, max_pixels: int, min_side: int | None = None) -> Image.Image:
     """Check the size, then decode the pixels as RGB."""
     w, h = im.size
     if w * h > max_pixels:
@@ -100,6 +104,9 @@ def _decode(im: Image.Image, name: str, max_pixels: int) -> Image.Image:
     if min(w, h) < MIN_SIDE:
         raise FeatvisError(f"image {name} is only {w}×{h} pixels; featvis needs at least {MIN_SIDE}×{MIN_SIDE}")
     try:
+        if min_side and im.format == "JPEG":
+            keep = DRAFT_MARGIN * min_side / min(w, h)  # reduce only while the short side stays >= 2 × min_side
+            im.draft("RGB", (math.ceil(w * keep), math.ceil(h * keep)))
         im.load()
         im = ImageOps.exif_transpose(im) or im
         return to_rgb(im)
@@ -253,7 +260,7 @@ def load_image(src: ImageSource, clf=None, *, size: int | None = None, max_pixel
         x = to_tensor(src, max_pixels=max_pixels)
         x = resize(x, side, crop) if side else x
     else:
-        im = open_image(src, max_pixels=max_pixels)
+        im = open_image(src, max_pixels=max_pixels, min_side=round(side / crop) if side else None)
         if side:
             im = prepare(im, side, crop, interp)
         x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float().div_(255.0)

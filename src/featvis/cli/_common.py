@@ -39,6 +39,8 @@ app = typer.Typer(
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
+if not out_console.is_terminal:  # piped or captured: wide tables, so file names are not cut to fit 80 columns
+    out_console = Console(highlight=False, width=200)
 TABLE_ROWS = 50  # rows a terminal table shows; the rest are in results.json
 
 
@@ -256,7 +258,7 @@ def cell(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return "-" if not math.isfinite(v) else (f"{v:.3f}" if v != int(v) or abs(v) < 1 else f"{v:g}")
+        return "-" if not math.isfinite(v) else (f"{int(v)}" if v.is_integer() and abs(v) >= 1 else f"{v:.3f}")
     return "-" if v is None else str(v)
 
 

@@ -90,7 +90,9 @@ def _cell(v) -> str:
     if isinstance(v, bool):
         return f"<td>{'yes' if v else 'no'}</td>"
     if isinstance(v, float):
-        return f'<td class="num">{v:.3f}</td>' if math.isfinite(v) else '<td class="num">–</td>'
+        if not math.isfinite(v):
+            return '<td class="num">–</td>'
+        return f'<td class="num">{int(v)}</td>' if v.is_integer() and abs(v) >= 1 else f'<td class="num">{v:.3f}</td>'
     if isinstance(v, int):
         return f'<td class="num">{v}</td>'
     return f"<td>{'–' if v is None else _e(v)}</td>"

@@ -112,7 +112,11 @@ class JobQueue:
     # -- the model's thread ------------------------------------------------------------------------------------
 
     def _serve_quick(self) -> None:
-        while True:
+        """Run the quick calls waiting now (not the ones that arrive meanwhile: a steady stream of requests must
+        not starve the running job)."""
+        with self._cond:
+            waiting = len(self._quick)
+        for _ in range(waiting):
             with self._cond:
                 if not self._quick:
                     return
