@@ -257,3 +257,14 @@ def test_evaluation_figures_draw_from_records():
     images = torch.rand(3, 3, 16, 16)
     png = figure_png(method_strip(images, {"a": torch.rand(3, 16, 16), "b": torch.rand(3, 16, 16)}, ["x", "y", "z"]))
     assert png.startswith(b"\x89PNG")
+
+
+def test_emprt_is_undefined_for_a_constant_map(tiny):
+    x = torch.rand(2, 3, 32, 32)
+
+    def zero(clf, images, target=None, **_):
+        return torch.zeros(images.shape[0], *images.shape[-2:])
+
+    assert torch.isnan(efficient_mprt(tiny, x, zero(tiny, x), torch.tensor([0, 1]), zero)).all()
+    recs = _records({RANDOM: [0.1, 0.2, 0.3], "m": [0.5, None, 0.6]})
+    assert summarize(recs, resamples=100).get("m", "insertion").n == 2

@@ -165,6 +165,12 @@ def _method_options(spec, given: Mapping[str, Any], seed: Seed) -> dict[str, Any
     return opts
 
 
+def _number(value: torch.Tensor) -> float | None:
+    """A JSON-safe value: None where a metric is undefined for the image (NaN)."""
+    x = float(value)
+    return x if math.isfinite(x) else None
+
+
 def evaluate_batch(clf, images: torch.Tensor, targets=None, methods: Sequence[str] = ("gradient", "gradcam"),
                    metrics: Sequence[str] = DEFAULT_METRICS, *, seed: Seed = 0,
                    reference_images: torch.Tensor | None = None,
@@ -186,8 +192,9 @@ def evaluate_batch(clf, images: torch.Tensor, targets=None, methods: Sequence[st
         random_baseline: also evaluate the random map (needed by `summarize`'s beats_random).
 
     Returns:
-        One dict per image: {"index", "target", "scores": {method: {metric: value}}, "seconds": {method: {"map":
-        s, group: s, ...}} (seconds per image), "curves": {method: {"deletion": [...], "insertion": [...]}}}.
+        One dict per image: {"index", "target", "scores": {method: {metric: value, None where undefined}},
+        "seconds": {method: {"map": s, group: s, ...}} (seconds per image), "curves": {method: {"deletion": [...],
+        "insertion": [...]}}}.
     """
     for name in metrics:
         METRICS.get(name)
@@ -219,7 +226,7 @@ def evaluate_batch(clf, images: torch.Tensor, targets=None, methods: Sequence[st
             seconds[group] = (time.perf_counter() - t0) / b
         values["seconds"] = torch.full((b,), seconds["map"])
         for i, rec in enumerate(records):
-            rec["scores"][name] = {k: float(v[i]) for k, v in values.items() if k in wanted}
+            rec["scores"][name] = {k: _number(v[i]) for k, v in values.items() if k in wanted}
             rec["seconds"][name] = seconds
             if ctx.curves:
                 rec["curves"][name] = {k: v[i].tolist() for k, v in ctx.curves.items()}
@@ -299,7 +306,8 @@ def summarize(records: Sequence[Mapping[str, Any]], *, seed: int = 0, resamples:
     entries = []
 
     def column(method: str, metric: str) -> list[float]:
-        return [r["scores"].get(method, {}).get(metric, math.nan) for r in records]
+        values = [r["scores"].get(method, {}).get(metric) for r in records]
+        return [math.nan if v is None else v for v in values]
 
     for metric in metric_names:
         info = METRICS.get(metric) if metric in METRICS else None

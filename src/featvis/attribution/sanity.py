@@ -164,8 +164,10 @@ def efficient_mprt(clf, images: torch.Tensor, maps: torch.Tensor, targets: torch
     One extra map per image, and no choice of similarity measure or of how much to randomize.
 
     Returns:
-        [B].
+        [B]; NaN where the original map is constant (zero entropy).
     """
     fn = ATTRIBUTIONS.get(method) if isinstance(method, str) else method
     new = fn(randomize(clf, units(clf), seed), images, targets, **dict(options or {}))
-    return entropy(new, bins) / entropy(maps, bins).clamp_min(1e-12)
+    before = entropy(maps, bins)
+    # A constant map (e.g. all zero after a ReLU) has no complexity to compare with: undefined, NaN.
+    return torch.where(before > 0, entropy(new, bins) / before.clamp_min(1e-12), torch.nan)
