@@ -196,6 +196,7 @@ def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | o
             status = "interrupted"
             raise
         finally:
+            manifest["executor"] = ex.describe() | {"batch_size": size}
             ex.close()
             if status != "done":
                 manifest.update(status=status, timings_s=_rounded(timings, t_start))
