@@ -42,6 +42,20 @@ def accuracy_summary(records: list[dict], labels, correct_key: str = "correct") 
                        "predicted": r.get("predicted")} for r in known if not r[correct_key]][:200]}
 
 
+def add_accuracy(section: Section, summary: Mapping[str, Any]) -> None:
+    """Accuracy, per-class accuracy and the images the model gets wrong, when the inputs had labels."""
+    if "accuracy" not in summary:
+        return
+    section.tables.append(Table("accuracy on the labelled images", ["images", "top-1 accuracy", "wrong"],
+                                [[summary["labelled"], summary["accuracy"], len(summary.get("wrong", []))]]))
+    section.tables.append(Table("accuracy per true class", ["class", "images", "top-1 accuracy"],
+                                [[c["name"], c["images"], c["mean"]] for c in summary["per_class_accuracy"]]))
+    if summary.get("wrong"):
+        section.tables.append(Table("images the model gets wrong", ["image", "true class", "predicted"],
+                                    [[short_name(w["input"]), w["label"], w["predicted"]] for w in
+                                     summary["wrong"]]))
+
+
 @register
 class ClassifyTask(Task):
     """Top-k classes per image."""
@@ -82,8 +96,7 @@ class ClassifyTask(Task):
         s.tables.append(Table(f"top-{k} classes per image", ["image", *(f"top-{i + 1}" for i in range(k))], rows))
         summ = run.summary
         if "accuracy" in summ:
-            s.tables.append(Table("accuracy on the labelled images", ["images", "top-1", f"top-{k}"],
+            s.tables.append(Table(f"top-{k} accuracy", ["images", "top-1", f"top-{k}"],
                                   [[summ["labelled"], summ["accuracy"], summ.get("top_k_accuracy")]]))
-            s.tables.append(Table("per class", ["class", "images", "top-1 accuracy"],
-                                  [[c["name"], c["images"], c["mean"]] for c in summ["per_class_accuracy"]]))
+        add_accuracy(s, summ)
         return s

@@ -210,6 +210,9 @@ class FoolTask(Task):
                               [[short_name(r.get("input")), r["original_name"], r["target_name"] or "(untargeted)",
                                 r["predicted_name"], "yes" if r["success"] else "no", r["steps"], r["linf_255"],
                                 r["l2"], r["psnr_db"]] for r in run.items]))
+        if summ.get("per_class_success"):
+            s.tables.append(Table("success per true class", ["class", "images", "success rate"],
+                                  [[c["name"], c["images"], c["mean"]] for c in summ["per_class_success"]]))
         return s
 
     @classmethod

@@ -13,7 +13,7 @@ from featvis._io import npy_bytes
 from featvis._ops import random_draw
 from featvis.errors import FeatvisError, did_you_mean
 from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
-from featvis.tasks.classify import accuracy_summary, per_class
+from featvis.tasks.classify import accuracy_summary, add_accuracy, per_class
 
 SCORES = ("logit", "log-prob", "prob")
 
@@ -217,9 +217,17 @@ class SaliencyTask(Task):
         else:
             s.tables.append(Table("maps", ["image", "class explained", "p"],
                                   [[short_name(r.get("input")), r["target_name"], r["prob"]] for r in run.items]))
-        if "accuracy" in res:
-            s.tables.append(Table("accuracy on the labelled images", ["images", "top-1 accuracy", "wrong"],
-                                  [[res["labelled"], res["accuracy"], len(res.get("wrong", []))]]))
+        if res.get("per_class_auc"):
+            names = list(res["per_class_auc"])
+            dele = {n: {c["class"]: c for c in res["per_class_auc"][n]["deletion"]} for n in names}
+            ins = {n: {c["class"]: c for c in res["per_class_auc"][n]["insertion"]} for n in names}
+            classes = list(dele[names[0]])
+            s.tables.append(Table("mean deletion / insertion AUC per true class",
+                                  ["class", "images", *(f"{n} del / ins" for n in names)],
+                                  [[dele[names[0]][c]["name"], dele[names[0]][c]["images"],
+                                    *(f"{dele[n][c]['mean']:.3f} / {ins[n][c]['mean']:.3f}" for n in names)]
+                                   for c in classes]))
+        add_accuracy(s, res)
         return s
 
 
