@@ -105,7 +105,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 methods, 2 photos (a smoke run)")
     ap.add_argument("--steps-pixels", type=int, default=224 * 16, help="pixels per deletion/insertion step [224]")
     ap.add_argument("--ratios-only", action="store_true", help="recompute the cost ratios into the existing JSON")
+    ap.add_argument("--methods", default="", help="comma-separated subset, saved to evaluate-<first>.json "
+                    "without the random baseline (for a second process); --merge folds it in")
+    ap.add_argument("--merge", default="", help="fold evaluate-<NAME>.json's records into evaluate.json")
     args = ap.parse_args()
+    if args.merge:
+        merge_into_main(args.merge)
+        return
     torch.set_num_threads(2)
     clf = fv.load_model()
     names = fv.samples.names()
@@ -125,6 +131,9 @@ def main() -> None:
         print(f"saved {save('evaluate', data)}")
         return
     methods = dict(METHODS)
+    part = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if part:
+        methods = {k: METHODS.get(k, {}) for k in part}
     if args.quick:
         photos, names = photos[:2], names[:2]
         methods = {k: methods[k] for k in ("gradient", "gradcam", "guided-backprop")}
@@ -153,8 +162,10 @@ def main() -> None:
                              method_options={name: opts}, metric_options=metric_options, random_baseline=rb))
         print(f"{name:22s} {time.perf_counter() - t0:7.1f} s", flush=True)
 
+    out_name = f"evaluate-{part[0]}" if part else "evaluate"
     every = (*CORE, "max-sensitivity", "emprt", "randomization")
-    run(RANDOM, every, {}, rb=True)
+    if not part:
+        run(RANDOM, every, {}, rb=True)
     for name, opts in methods.items():
         metrics = list(CORE)
         if name in SENSITIVITY:
@@ -166,8 +177,18 @@ def main() -> None:
         run(name, metrics, opts)
         board = summarize(records, seed=0)
         data.update(records=records, leaderboard=board.to_dict())
-        save("evaluate", data)
+        save(out_name, data)
+    if part:
+        return
+    finish(data, records)
+    grad_maps = fv.attribution.saliency(clf, photos, targets)
+    data["ratios"] = ratios(clf, photos, grad_maps, targets, args.steps_pixels, 32)
+    data["road_tolerance"] = road_tolerance_effect(clf, photos[:2], grad_maps[:2])
+    save("evaluate", data)
 
+
+def finish(data: dict, records: list) -> None:
+    """Leaderboard and known-result comparisons from the records; saved, and printed."""
     board = summarize(records, seed=0)
     lb = {(e.method, e.metric): e for e in board.entries}
     known = {}
@@ -184,15 +205,25 @@ def main() -> None:
         m: {k: lb[(m, k)].mean for k in ("road-morf", "road-lerf", "road-gap")}
         for m in ("gradient", "smoothgrad", "smoothgrad-sq", "vargrad") if (m, "road-gap") in lb}
     data["known_results"] = known
-    save("evaluate", data)
-    grad_maps = fv.attribution.saliency(clf, photos, targets)
-    data["ratios"] = ratios(clf, photos, grad_maps, targets, args.steps_pixels, 32)
-    data["road_tolerance"] = road_tolerance_effect(clf, photos[:2], grad_maps[:2])
     data.update(records=records, leaderboard=board.to_dict())
     print(f"saved {save('evaluate', data)}")
     for e in board.entries:
         flag = "" if e.beats_random is None else ("  beats random" if e.beats_random else "  NOT better than random")
         print(f"{e.method:22s} {e.metric:16s} {e.mean:9.4f} [{e.low:9.4f}, {e.high:9.4f}]{flag}")
+
+
+def merge_into_main(name: str) -> None:
+    import json
+
+    from _common import RESULTS
+
+    data = json.loads((RESULTS / "evaluate.json").read_text())
+    extra = json.loads((RESULTS / f"evaluate-{name}.json").read_text())
+    for rec, add in zip(data["records"], extra["records"], strict=True):
+        for key in ("scores", "seconds", "curves"):
+            rec[key].update(add[key])
+    data["settings"]["methods"].update(extra["settings"]["methods"])
+    finish(data, data["records"])
 
 
 if __name__ == "__main__":
