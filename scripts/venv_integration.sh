@@ -15,5 +15,11 @@ fi
 if ! python -c "import torch, torchvision, timm; assert torch.__version__.startswith('2.14.1')" 2>/dev/null; then
   python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" "timm>=1.0,<2"
 fi
-python -m pip install -q --disable-pip-version-check -e ".[models,torchvision,timm]" "pytest>=8" "pytest-timeout>=2.3"
+# featvis itself (editable, this checkout): reinstalled only when pyproject.toml or the checkout's path changed.
+stamp="$VENV/.featvis-install"
+want="$(pwd) $(sha256sum pyproject.toml | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  python -m pip install -q --disable-pip-version-check -e ".[models,torchvision,timm]" "pytest>=8" "pytest-timeout>=2.3"
+  echo "$want" > "$stamp"
+fi
 echo "integration venv ($VENV) ready in $(( $(date +%s) - venv_start )) s"

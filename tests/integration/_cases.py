@@ -49,16 +49,24 @@ def architecture(case: Case, **kwargs) -> torch.nn.Module:
     return timm.create_model(arch, pretrained=False, **kwargs)
 
 
+ZERO_INIT_STD = 0.02  # timm's trunc_normal std for ViT weights
+
+
 def calibrate(net: torch.nn.Module, size: int) -> torch.nn.Module:
-    """BatchNorm running statistics estimated on noise images (cumulative average): random weights with the
-    activation scale of a trained network, so logits and gradients are neither tiny nor astronomically large."""
+    """Random weights that behave like a trained network's in scale: weight matrices a library initializes to zero
+    (torchvision's ViT head: constant logits, zero gradients everywhere) drawn at std 0.02, and BatchNorm running
+    statistics estimated on noise images (cumulative average), so logits and gradients are neither zero nor huge."""
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim >= 2 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * ZERO_INIT_STD)
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if bns:
         for m in bns:
             m.reset_running_stats()
             m.momentum = None
         net.train()
-        gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for _ in range(2):
                 net(torch.rand(8, 3, size, size, generator=gen) * 4 - 2)

@@ -47,7 +47,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # More intra-op threads than free cores makes every parallel region wait for a descheduled thread (10x and
+    # worse on a shared machine): FEATVIS_TEST_THREADS=1 there.
+    torch.set_num_threads(int(os.environ.get("FEATVIS_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +94,8 @@ def pytest_runtest_logreport(report):
     test = report.nodeid.split("::")[-1].split("[")[0].removeprefix("test_")
     params = report.nodeid.split("[", 1)[1].rstrip("]").split("-", 1)
     model, feature = params[0], (params[1] if len(params) > 1 else test)
+    if test == "snippet_runs":  # docs/own_model.md: one row
+        model, feature = "docs/own_model.md", params[0]
     outcome = report.outcome if report.outcome != "passed" else dict(report.user_properties).get("outcome", "pass")
     took = report.duration + _SETUP.pop(report.nodeid, 0.0)
     if hasattr(report, "wasxfail"):

@@ -22,7 +22,7 @@ from _cases import Built
 
 # Fewer samples/steps/masks: the same code paths, at a fraction of the time.
 FAST_OPTIONS = {"samples": 4, "steps": 4, "masks": 64, "window": 16, "stride": 16}
-FAST_ATTACK = {"ascent": {"max_steps": 30}, "lab": {"max_steps": 30}, "cw": {"steps": 10, "search_steps": 1},
+FAST_ATTACK = {"ascent": {"max_steps": 30}, "lab": {"max_steps": 30}, "cw": {"steps": 30, "search_steps": 1, "lr": 0.05},
                "deepfool": {"candidates": 3, "steps": 10}, "pgd": {"steps": 10}, "mifgsm": {"steps": 10}}
 EPS = 8 / 255  # for attacks whose budget has no default
 
@@ -81,9 +81,11 @@ def test_attribution(built: Built, method, hygiene, record_property):
         hygiene()
         record_property("outcome", "refused")
         return
-    maps = spec(built.clf, x, [1, 2], **options)
+    if method == "scorecam":  # one forward per channel (2048 for ResNet-50): one image is enough here
+        x = x[:1]
+    maps = spec(built.clf, x, [1, 2][: x.shape[0]], **options)
     hygiene()
-    assert maps.shape == (2, built.case.size, built.case.size)
+    assert maps.shape == (x.shape[0], built.case.size, built.case.size)
     assert torch.isfinite(maps).all() and maps.abs().amax() > 0
 
 
@@ -108,8 +110,13 @@ def test_attack(built: Built, attack, hygiene):
     clf.train()
     fooled = now != original if untargeted else now == target
     assert res.success.tolist() == fooled.tolist()  # what the result says is what the model does on the PNG
-    if spec.info["steps"] is None:  # one step (FGSM): not bound to flip, but it must lower p(original) on the PNG
-        assert (res.original_prob_after < res.original_prob_before).all(), (attack, res.original_prob_after)
+    if attack == "fgsm":  # one step: not bound to flip a random net; it must be exactly x + ε·sign(∇CE), 8-bit
+        xg = x.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(clf.eval()(xg), original, reduction="sum")
+        clf.train()
+        step = torch.autograd.grad(loss, xg)[0].sign()
+        expected = fv.quantize((x + options.get("eps", spec.options["eps"].default) * step).clamp(0, 1))
+        assert (res.images == expected).float().mean() > 0.999
     else:
         assert fooled.all(), (attack, res.steps.tolist())
     if "linf" in spec.info["norms"] and "eps" in spec.options:
