@@ -11,6 +11,7 @@ from featvis import samples
 from featvis._alloc import tune_allocator
 from featvis.adversarial import FoolingResult, RobustnessResult, fool, robustness
 from featvis.attribution import explain, saliency
+from featvis.data import Dataset
 from featvis.errors import FeatvisError
 from featvis.images import load_image, load_images, quantize, save_image
 from featvis.layers import capture, default_layer, find_layer, forward_until, list_layers
@@ -23,12 +24,16 @@ from featvis.optvis import (
     objectives,
     render,
 )
+from featvis.tasks import read_run, run_task
+from featvis.tasks.evaluate import EvaluationResult, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccentuationResult",
     "Classifier",
+    "Dataset",
+    "EvaluationResult",
     "FeatvisError",
     "FoolingResult",
     "Labels",
@@ -40,6 +45,7 @@ __all__ = [
     "capture",
     "class_visualization",
     "default_layer",
+    "evaluate",
     "explain",
     "feature_visualization",
     "find_layer",
@@ -52,8 +58,10 @@ __all__ = [
     "load_model",
     "objectives",
     "quantize",
+    "read_run",
     "render",
     "robustness",
+    "run_task",
     "saliency",
     "samples",
     "save_image",

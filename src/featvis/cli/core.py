@@ -123,3 +123,15 @@ def layers(
     print_rows(["name", "type", "output [C, H, W]", "calls", "params"],
                [[i.name + (" *" if i.name == default else ""), i.type, "×".join(map(str, i.shape)) if i.shape
                  else "-", i.calls, f"{i.params:,}"] for i in infos], json, record)
+
+
+@app.command()
+def metrics(json: JsonOpt = False) -> None:
+    """List the evaluation metrics (for `featvis evaluate --metric`) with their direction, paper and protocol."""
+    from featvis.attribution.evaluation import DEFAULT_METRICS, METRICS
+
+    specs = [METRICS.get(n) for n in METRICS.names()]
+    records = [{"name": m.name, "direction": m.direction, "paper": m.paper, "protocol": m.protocol,
+                "default": m.name in DEFAULT_METRICS} for m in specs]
+    print_rows(["metric", "better", "default", "paper", "protocol"],
+               [[m.name, m.direction, m.name in DEFAULT_METRICS, m.paper, m.protocol] for m in specs], json, records)

@@ -52,3 +52,23 @@ def sanity(
 
     return SanityTask(methods=split(method), target=target, independent=independent,
                       randomization_seed=randomization_seed, options=options or {})
+
+
+@task_command(output="featvis-evaluate")
+def evaluate(
+    inputs: InputsArg,
+    method: MethodOpt = "all",
+    metric: Annotated[str, typer.Option("--metric", help="default (every metric but the expensive randomization "
+                                        "check), all, or names (see `featvis metrics`).", metavar="NAMES")] = "default",
+    target: TargetOpt = None,
+    examples: Annotated[int, typer.Option(min=0, max=16, help="Images in the report's example-maps strip.",
+                                          metavar="N")] = 4,
+    options: dict | None = None,
+):
+    """Which explanation to trust for this model: every method × every faithfulness metric over the inputs, with
+    bootstrap intervals and the random-map baseline (-O method.option=V, -O road.option=V, -O option=V)."""
+    from featvis.tasks import EvaluateTask
+
+    return EvaluateTask(methods="all" if method == "all" else split(method),
+                        metrics=metric if metric in ("default", "all") else split(metric), target=target,
+                        examples=examples, options=options or {})

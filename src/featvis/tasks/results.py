@@ -91,6 +91,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     items: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)  # run-level files (grid.png, curve.png, ...)
 
     @property
     def task(self) -> str:
@@ -139,7 +140,8 @@ def read_run(folder: str | os.PathLike) -> Run:
             raise FeatvisError(f"{str(results_path)!r} is malformed ({name!r} is not a {kind.__name__}); rerun the "
                                "command to rewrite it")
     items = [r for r in results.get("items", []) if isinstance(r, dict)]
-    return Run(d, manifest, results.get("summary", {}), items, results.get("failed", []))
+    artifacts = [a for a in results.get("artifacts", []) if isinstance(a, str)]
+    return Run(d, manifest, results.get("summary", {}), items, results.get("failed", []), artifacts)
 
 
 def _load(path: Path) -> dict:

@@ -212,7 +212,7 @@ def _finish(task: Task, clf, data: Dataset, folder: Path, manifest: dict, timing
     records, errors, nodes = fmt.read_batches(folder)
     items = [records[it.key] for it in data if it.key in records]
     failed = [errors[it.key] for it in data if it.key in errors]
-    info = {"model": clf.id, "labels": clf.labels, "task": task.name,
+    info = {"model": clf.id, "labels": clf.labels, "task": task.name, "clf": clf,
             "read": lambda rel: fmt.Run(folder, manifest).file(rel).read_bytes()}
     t0 = time.perf_counter()
     summary = task.summarize(items, info)
@@ -225,7 +225,7 @@ def _finish(task: Task, clf, data: Dataset, folder: Path, manifest: dict, timing
                     timings_s=_rounded(timings, t_start), workers=nodes,
                     counts={"items": len(data), "done": len(items), "failed": len(failed), "skipped": skipped})
     atomic_write_json(folder / fmt.MANIFEST, manifest)
-    return fmt.Run(folder, manifest, summary, items, failed)
+    return fmt.Run(folder, manifest, summary, items, failed, sorted(artifacts))
 
 
 def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:

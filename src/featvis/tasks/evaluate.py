@@ -1,0 +1,332 @@
+"""The evaluate task: which explanation to trust for this model, measured over a data set.
+
+Every method's maps are scored by every metric (featvis.attribution.evaluation) per image, batched; the summary is
+a leaderboard with bootstrap 95 % intervals, the random-map baseline next to each metric, and a flag on every
+method that does not beat random beyond the interval (a paired bootstrap of the per-image difference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from featvis._registry import Option, options_from
+from featvis._types import Result as _Result
+from featvis.errors import FeatvisError, did_you_mean
+from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
+from featvis.tasks.saliency import check_target, resolve_targets
+
+CURVE_POINTS = 33  # deletion/insertion curves are stored resampled to this many points (the AUCs are exact)
+EXAMPLES = 4  # images in the example-maps strip of the report
+
+
+def _split_options(methods: tuple[str, ...], options: Mapping[str, Any]) -> tuple[dict, dict]:
+    """`-O` options → (per-method options, per-metric-group options). Keys: `option` (every chosen method that
+    takes it), `method.option` (one method), `group.option` (a metric group: curves, road, max-sensitivity,
+    infidelity, emprt, randomization)."""
+    from featvis.attribution import ATTRIBUTIONS
+    from featvis.attribution.evaluation import GROUPS
+
+    per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    per_group: dict[str, dict[str, Any]] = {}
+    for key, value in options.items():
+        head, _, tail = key.partition(".")
+        if tail and head.replace("_", "-") in GROUPS:
+            group = head.replace("_", "-")
+            takes = group_options(group)
+            name = tail.replace("-", "_")
+            if name not in takes:
+                raise did_you_mean(f"option for metric group {group}", tail, list(takes) or ["(none)"])
+            parsed = takes[name].parse(value)
+            if takes[name].kind == "any" and isinstance(parsed, str):  # a list such as road's fractions
+                try:
+                    parsed = tuple(float(v) for v in parsed.split(","))
+                except ValueError:
+                    raise FeatvisError(f"option {key}={value!r} must be numbers separated by commas") from None
+            per_group.setdefault(group, {})[name] = parsed
+            continue
+        if tail:
+            name = ATTRIBUTIONS.canonical(head)
+            if name not in methods:
+                raise FeatvisError(f"option {key!r} is for {name}, which is not among the methods evaluated")
+            per_method[name] |= ATTRIBUTIONS.get(name).check({tail: value}, what=name)
+            continue
+        takers = [m for m in methods if key.replace("-", "_") in ATTRIBUTIONS.get(m).options]
+        if not takers:
+            every = sorted({o for m in methods for o in ATTRIBUTIONS.get(m).options} | set(GROUPS))
+            raise did_you_mean("evaluate option", key, every,
+                               hint="write method.option or curves/road/infidelity/... .option for one of them")
+        for m in takers:
+            per_method[m] |= ATTRIBUTIONS.get(m).check({key: value}, what=m)
+    for m, opts in per_method.items():
+        if "seed" in opts:
+            raise FeatvisError(f"seed is the run's --seed (each image's seed derives from it); not an option of {m}")
+    return per_method, per_group
+
+
+def group_options(group: str) -> dict[str, Option]:
+    """The options of a metric group: the keyword-only parameters of the function that computes it."""
+    from featvis.attribution import evaluation as ev
+    from featvis.attribution import metrics as mx
+
+    fn = {"curves": mx.deletion, "road": ev.road, "max-sensitivity": ev.max_sensitivity,
+          "infidelity": ev.infidelity, "emprt": ev.efficient_mprt,
+          "randomization": ev.randomization_similarity}.get(group)
+    skip = ("targets", "options", "seed", "batch_size", "method")
+    return options_from(fn, skip) if fn is not None else {}
+
+
+def applicable_methods(clf=None) -> tuple[str, ...]:
+    """Every registered method that can run on this model ("all"): attention methods only on attention models."""
+    from featvis.attribution import ATTRIBUTIONS
+
+    names = []
+    for n in ATTRIBUTIONS.names():
+        needs = ATTRIBUTIONS.get(n).info.get("needs")
+        if needs == "attention":
+            if clf is None:
+                continue
+            from featvis.layers import is_attention, root
+
+            if not any(is_attention(m) for m in root(clf).modules()):
+                continue
+        names.append(n)
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    methods: tuple[str, ...] | str = "all"  # "all": every method that applies to the model
+    metrics: tuple[str, ...] | str = "default"  # "default", "all" (adds the randomization check) or names
+    target: str | int | None = None  # None: the predicted class; "true": the dataset's label; or a class
+    options: dict[str, Any] = field(default_factory=dict)
+    examples: int = EXAMPLES
+
+    def __post_init__(self) -> None:
+        from featvis.attribution import ATTRIBUTIONS
+        from featvis.attribution.evaluation import DEFAULT_METRICS, METRICS
+
+        if isinstance(self.methods, str) and self.methods != "all":
+            object.__setattr__(self, "methods", tuple(m for m in self.methods.split(",") if m.strip()))
+        if self.methods != "all":
+            object.__setattr__(self, "methods", tuple(dict.fromkeys(ATTRIBUTIONS.canonical(m) for m in self.methods)))
+            if not self.methods:
+                raise FeatvisError("name at least one method, or 'all'")
+        metrics = self.metrics
+        if isinstance(metrics, str):
+            metrics = {"default": DEFAULT_METRICS, "all": tuple(METRICS.names())}.get(metrics, metrics.split(","))
+        object.__setattr__(self, "metrics", tuple(dict.fromkeys(METRICS.canonical(m) for m in metrics)))
+        if self.methods != "all":
+            _split_options(self.methods, self.options)  # checked now; the run splits them again
+        if not 0 <= self.examples <= 16:
+            raise FeatvisError(f"examples must be 0..16 images, got {self.examples}")
+
+
+@register
+class EvaluateTask(Task):
+    """Faithfulness, robustness and complexity of attribution methods over a data set, against a random map."""
+
+    name = "evaluate"
+    title = "Which explanation to trust"
+    Params = EvaluateParams
+
+    def methods(self, clf=None) -> tuple[str, ...]:
+        return applicable_methods(clf) if self.params.methods == "all" else tuple(self.params.methods)
+
+    def prepare(self, clf) -> None:
+        check_target(clf, self.params.target)
+        _split_options(self.methods(clf), self.params.options)
+
+    def needs_labels(self) -> bool:
+        return isinstance(self.params.target, str) and self.params.target.lower() == "true"
+
+    def run(self, clf, batch: Batch) -> list[Output]:
+        from featvis.attribution.evaluation import evaluate_batch
+
+        methods = self.methods(clf)
+        per_method, per_group = _split_options(methods, self.params.options)
+        targets = resolve_targets(clf, batch.images, self.params.target, batch.labels)
+        records = evaluate_batch(clf, batch.images, targets, methods, self.params.metrics, seed=batch.seeds,
+                                 method_options=per_method, metric_options=per_group)
+        outputs = []
+        for item, rec in zip(batch.items, records, strict=True):
+            rec.pop("index", None)
+            rec["target_name"] = clf.labels[rec["target"]]
+            rec["curves"] = {m: {k: _resample(v) for k, v in c.items()} for m, c in rec.get("curves", {}).items()}
+            if item.label is not None:
+                rec["true_class"] = item.label
+            outputs.append(Output(rec))
+        return outputs
+
+    def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
+        from featvis.attribution.evaluation import summarize
+
+        board = summarize(records).to_dict()
+        table = {}
+        for e in board["entries"]:
+            table.setdefault(e["method"], {})[e["metric"]] = e
+        seconds = {m: _mean([sum(v for v in r["seconds"][m].values()) for r in records if m in r["seconds"]])
+                   for m in board["methods"]}
+        return {"images": len(records), "methods": board["methods"], "metrics": board["metrics"],
+                "leaderboard": board, "table": table, "seconds_per_image": seconds,
+                "not_beating_random": [[e["method"], e["metric"]] for e in board["entries"]
+                                       if e["beats_random"] is False],
+                }
+
+    def finalize(self, records: list[dict], summary: dict, info: Mapping[str, Any]) -> dict[str, bytes]:
+        from featvis.figures import evaluation_curves, figure_png
+
+        out = {}
+        if any(r.get("curves") for r in records):
+            out["curves.png"] = figure_png(evaluation_curves(records), dpi=110)
+        clf = info.get("clf")
+        if clf is not None and self.params.examples and records:
+            out["examples.png"] = self._examples(clf, records[: self.params.examples])
+        return out
+
+    def _examples(self, clf, records: list[dict]) -> bytes:
+        """The maps of every method on the first images (recomputed with each image's own seed)."""
+        import torch
+
+        from featvis.attribution import ATTRIBUTIONS
+        from featvis.figures import figure_png, method_strip
+        from featvis.images import load_image
+
+        methods = self.methods(clf)
+        per_method, _ = _split_options(methods, self.params.options)
+        x = torch.cat([load_image(r["input"], clf) for r in records])
+        targets = torch.tensor([r["target"] for r in records], device=x.device)
+        seeds = [r["seed"] for r in records]
+        maps = {}
+        for m in methods:
+            spec = ATTRIBUTIONS.get(m)
+            opts = dict(per_method.get(m, {}))
+            if "seed" in spec.options:
+                opts["seed"] = seeds
+            maps[m] = spec(clf, x, targets, **opts)
+        titles = [f"{short_name(r['input'])}\n{r['target_name']}" for r in records]
+        return figure_png(method_strip(x, maps, titles), dpi=100)
+
+    @classmethod
+    def section(cls, run) -> Section:
+        from featvis.attribution.evaluation import METRICS
+
+        summ = run.summary
+        metrics = [m for m in summ["metrics"] if m != "seconds"]
+        methods = summ["methods"]
+        table = summ["table"]
+        s = Section(f"Which explanation to trust: {len(methods) - 1} methods × {len(metrics)} metrics over "
+                    f"{summ['images']} images",
+                    "Each method's maps scored per image, with the mean and a bootstrap 95 % interval over images. "
+                    "<b>↑</b> higher is better, <b>↓</b> lower; <b>★</b> marks the best method of a column; "
+                    "<b>✗</b> marks a method that does not beat the uniform-random map beyond the interval (a "
+                    "paired bootstrap of the per-image difference). Deletion/insertion follow RISE; ROAD removes "
+                    "pixels with noisy linear imputation; max-sensitivity and infidelity are Yeh et al.'s; "
+                    "sparseness is the Gini index; eMPRT the efficient model-randomization test.")
+        best = {}
+        for m in metrics:
+            info = METRICS.get(m)
+            vals = {k: table[k][m]["mean"] for k in methods if k != "random" and m in table.get(k, {})}
+            if vals and info.higher_is_better is not None:
+                best[m] = (max if info.higher_is_better else min)(vals, key=vals.get)
+        arrows = {m: ("↑" if METRICS.get(m).higher_is_better else "↓") for m in metrics}
+        rows = []
+        for k in methods:
+            row = [k]
+            for m in metrics:
+                e = table.get(k, {}).get(m)
+                if e is None:
+                    row.append("–")
+                    continue
+                mark = (" ★" if best.get(m) == k else "") + (" ✗" if e["beats_random"] is False else "")
+                row.append(f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]{mark}")
+            row.append(summ["seconds_per_image"].get(k))
+            rows.append(row)
+        s.tables.append(Table("leaderboard (mean [95 % interval])", ["method", *(f"{m} {arrows[m]}" for m in metrics),
+                                                                     "s / image"], rows))
+        if summ.get("not_beating_random"):
+            s.tables.append(Table("methods that do not beat the random map", ["method", "metric"],
+                                  summ["not_beating_random"]))
+        if "curves.png" in run.artifacts:
+            s.figures.append(("curves.png", "deletion and insertion curves: mean over images with a 95 % band"))
+        if "examples.png" in run.artifacts:
+            s.figures.append(("examples.png", "example maps of every method on the first images"))
+        return s
+
+
+def _resample(values: list[float], n: int = CURVE_POINTS) -> list[float]:
+    if len(values) <= n:
+        return [float(v) for v in values]
+    x = np.linspace(0, 1, len(values))
+    return [round(float(v), 6) for v in np.interp(np.linspace(0, 1, n), x, np.asarray(values, dtype=float))]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True, repr=False)
+class EvaluationResult(_Result):
+    """What `evaluate` measured: the leaderboard (`summary["leaderboard"]`), one record per image, and the run folder
+    when the inputs were files. Shows its deletion/insertion curves in Jupyter."""
+
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    folder: Any = None
+
+    def mean(self, method: str, metric: str) -> float:
+        return float(self.summary["table"][method][metric]["mean"])
+
+    def beats_random(self, method: str, metric: str) -> bool | None:
+        return self.summary["table"][method][metric]["beats_random"]
+
+    def draw_figure(self, **_options):
+        from featvis.figures import evaluation_curves
+
+        return evaluation_curves(self.records)
+
+
+def evaluate(clf, inputs, *, methods: tuple[str, ...] | str = "all", metrics: tuple[str, ...] | str = "default",
+             target=None, out=None, executor: Any = "local", batch_size: int | None = None, seed: int = 0,
+             options: Mapping[str, Any] | None = None) -> EvaluationResult:
+    """Score attribution methods by faithfulness metrics over images, against a random map (see `featvis evaluate`).
+
+    Args:
+        inputs: a batch [B, 3, H, W] (scored in memory), or files/folders/globs/lists/a Dataset (a run: resumable, in
+            `out`, on any executor).
+        methods: method names or "all" (every method that applies to the model).
+        metrics: metric names, "default" or "all" (adds the expensive randomization check).
+        target: None (the predicted classes), "true" (dataset labels), or a class.
+        out: the run folder for file inputs (default: a temporary folder, removed after).
+        options: `option`, `method.option` or `group.option` values (see `featvis evaluate --help`).
+
+    Example:
+        >>> res = fv.evaluate(clf, x, methods=("gradient", "gradcam", "rise"), metrics=("deletion", "insertion"))
+        >>> res.mean("gradcam", "insertion"), res.beats_random("gradcam", "insertion")
+    """
+    import tempfile
+
+    import torch
+
+    from featvis.data import item_seed
+    from featvis.tasks.runner import run_task
+
+    task = EvaluateTask(methods=methods, metrics=metrics, target=target, options=dict(options or {}), examples=0)
+    if isinstance(inputs, torch.Tensor):
+        from featvis.attribution.evaluation import evaluate_batch
+        from featvis.images import check_images
+
+        task.prepare(clf)
+        x = check_images(inputs).to(clf.device)
+        names = task.methods(clf)
+        per_method, per_group = _split_options(names, task.params.options)
+        seeds = [item_seed(seed, str(i)) for i in range(x.shape[0])]
+        records = evaluate_batch(clf, x, target, names, task.params.metrics, seed=seeds, method_options=per_method,
+                                 metric_options=per_group)
+        return EvaluationResult(task.summarize(records, {}), records, None)
+    with tempfile.TemporaryDirectory(prefix="featvis-evaluate-") as tmp:
+        run = run_task(task, inputs, out or tmp, clf=clf, executor=executor, batch_size=batch_size, seed=seed)
+        return EvaluationResult(run.summary, run.items, run.folder if out else None)
