@@ -11,7 +11,7 @@ import torch
 from featvis._registry import Option
 from featvis.data import Dataset
 from featvis.errors import FeatvisError, did_you_mean
-from featvis.tasks.base import Batch, Output, Section, Table, Task, register
+from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
 
 GRID_MAX = 100  # images in the run's grid.png (the rest are in images/)
 
@@ -251,3 +251,91 @@ class FeaturesTask(Task):
                         "activation (or its centre neuron). Early layers answer to colours and edges, middle ones to "
                         "textures and parts, late ones to object-like patterns. The forward pass stops at the layer.",
                         "channel")
+
+
+@dataclass(frozen=True)
+class AccentuateParams:
+    layer: str = "logits"  # a layer, or "logits" for a class
+    channel: int | str = 0  # a channel of the layer, or a class (name or index) for "logits"
+    steps: int = 96
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from featvis._registry import options_from
+        from featvis.optvis.accentuation import accentuate
+
+        takes = options_from(accentuate, skip=("steps", "seed"))
+        checked = {}
+        for key, value in self.options.items():
+            k = key.replace("-", "_")
+            if k not in takes:
+                raise did_you_mean("option for accentuate", key, list(takes))
+            checked[k] = takes[k].parse(value)
+        object.__setattr__(self, "options", checked)
+        if self.steps < 0:
+            raise FeatvisError(f"steps must be >= 0, got {self.steps}")
+
+
+@register
+class AccentuateTask(Task):
+    """Feature accentuation (Hamblin et al. 2024): each photo changed, staying close to itself, until a channel
+    (or a class) fires more — what in *this* photo makes the feature fire."""
+
+    name = "accentuate"
+    title = "Feature accentuation"
+    Params = AccentuateParams
+
+    def _layer(self) -> str | None:
+        return None if self.params.layer in ("logits", "") else self.params.layer
+
+    def prepare(self, clf) -> None:
+        layer = self._layer()
+        if layer is None:
+            clf.labels.lookup(self.params.channel)
+        else:
+            FeaturesTask(layer=layer, channels=(int(self.params.channel),)).prepare(clf)
+
+    def run(self, clf, batch: Batch) -> list[Output]:
+        import dataclasses
+
+        from featvis.figures import accentuation_panels, figure_png
+        from featvis.images import encode_png
+        from featvis.optvis.accentuation import accentuate
+
+        p = self.params
+        res = accentuate(clf, batch.images, self._layer(), p.channel if self._layer() is None else int(p.channel),
+                         steps=p.steps, seed=batch.seeds, **p.options)
+        psnr = res.psnr
+        outputs = []
+        for i, item in enumerate(batch.items):
+            one = dataclasses.replace(res, original=res.original[i:i + 1], accentuated=res.accentuated[i:i + 1],
+                                      before=res.before[i:i + 1], after=res.after[i:i + 1],
+                                      transparency=None if res.transparency is None else res.transparency[i:i + 1])
+            rec = {"layer": res.layer, "channel": res.channels[i], "before": float(res.before[i]),
+                   "after": float(res.after[i]), "psnr_db": float(psnr[i]),
+                   "accentuated": f"accentuated/{item.key}.png", "figure": f"figures/{item.key}.png"}
+            outputs.append(Output(rec, {rec["accentuated"]: encode_png(res.accentuated[i]),
+                                        rec["figure"]: figure_png(accentuation_panels(one), dpi=100)}))
+        return outputs
+
+    def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
+        gains = [r["after"] - r["before"] for r in records]
+        return {"images": len(records), "mean_gain": sum(gains) / len(gains) if gains else None,
+                "raised": sum(g > 0 for g in gains) / max(len(gains), 1),
+                "median_psnr_db": sorted(r["psnr_db"] for r in records)[len(records) // 2] if records else None}
+
+    @classmethod
+    def section(cls, run) -> Section:
+        p = run.params
+        what = f"class {p.get('channel')}" if p.get("layer") in ("logits", "", None) else \
+            f"channel {p.get('channel')} of {p.get('layer')}"
+        s = Section(f"Feature accentuation: {what}",
+                    "Each photo is changed as little as it takes to make the feature fire more (Hamblin et al. 2024): "
+                    "the optimization works on the photo's own Fourier phase and magnitude and is held close to "
+                    "the photo's activations, so what grows is what in <i>this</i> photo drives the feature. Panels: "
+                    "original, accentuated, and the difference.")
+        for r in run.items:
+            s.figures.append((r["figure"], f"{short_name(r.get('input'))}: {r['before']:.2f} → {r['after']:.2f}"))
+        s.tables.append(Table("per image", ["image", "before", "after", "PSNR dB"],
+                              [[short_name(r.get("input")), r["before"], r["after"], r["psnr_db"]] for r in run.items]))
+        return s
