@@ -18,6 +18,7 @@ from torch import nn
 
 from featvis._ops import gaussian_blur
 from featvis._progress import report
+from featvis._types import Result
 from featvis.attribution._base import ATTRIBUTIONS, prepare
 from featvis.attribution.complexity import ENTROPY_BINS, entropy
 from featvis.layers import list_layers, root
@@ -27,8 +28,8 @@ from featvis.layers import list_layers, root
 FLAG_SPEARMAN = 0.5
 
 
-@dataclass(frozen=True)
-class SanityResult:
+@dataclass(frozen=True, repr=False)
+class SanityResult(Result):
     """Similarity to the original map after randomizing the top 1..n blocks (cascading) or each alone."""
 
     method: str
@@ -164,10 +165,13 @@ def efficient_mprt(clf, images: torch.Tensor, maps: torch.Tensor, targets: torch
     One extra map per image, and no choice of similarity measure or of how much to randomize.
 
     Returns:
-        [B]; NaN where the original map is constant (zero entropy).
+        [B]; NaN where either map is constant (zero entropy) or not finite.
     """
     fn = ATTRIBUTIONS.get(method) if isinstance(method, str) else method
     new = fn(randomize(clf, units(clf), seed), images, targets, **dict(options or {}))
-    before = entropy(maps, bins)
-    # A constant map (e.g. all zero after a ReLU) has no complexity to compare with: undefined, NaN.
-    return torch.where(before > 0, entropy(new, bins) / before.clamp_min(1e-12), torch.nan)
+    before, after = entropy(maps, bins), entropy(new, bins)
+    # A constant map (all zero after a ReLU; squared gradients of the randomized net underflowing in float32) or a
+    # non-finite one has no complexity to compare: undefined, NaN.
+    finite = torch.isfinite(maps.flatten(1)).all(1) & torch.isfinite(new.flatten(1)).all(1)
+    defined = (before > 0) & (after > 0) & finite
+    return torch.where(defined, after / before.clamp_min(1e-12), torch.nan)
