@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from featvis._types import Result
 from featvis.attribution import cam, expected, gradient, integrated, occlusion, rise, smoothgrad, vit  # noqa: F401 (registers)
 from featvis.attribution._base import ATTRIBUTIONS, REDUCTIONS, SCORES, resolve_targets
 
@@ -35,8 +36,8 @@ def methods() -> list[str]:
     return ATTRIBUTIONS.names()
 
 
-@dataclass(frozen=True)
-class SaliencyResult:
+@dataclass(frozen=True, repr=False)
+class SaliencyResult(Result):
     """Maps of several methods for a batch, with the explained classes; shows itself in Jupyter."""
 
     images: torch.Tensor  # [B, 3, H, W]
@@ -46,16 +47,8 @@ class SaliencyResult:
     names: list[str]  # [B] class names
 
     def figure(self, index: int = 0, shared_scale: bool = False):
-        from featvis.figures import compare_methods
-
-        title = f"{self.names[index]} ({int(self.targets[index])}) p={float(self.probs[index]):.3f}"
-        return compare_methods(self.images[index], {k: v[index] for k, v in self.maps.items()}, title,
-                               shared_scale=shared_scale)
-
-    def _repr_png_(self) -> bytes:
-        from featvis.figures import figure_png
-
-        return figure_png(self.figure())
+        """Image | maps | overlays of image `index` (see `featvis.figures.draw`)."""
+        return super().figure(index=index, shared_scale=shared_scale)
 
 
 def explain(clf, images: torch.Tensor, target=None, *, methods: Sequence[str] = ("gradient", "gradcam"),

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from featvis._progress import report
+from featvis._types import Result
 from featvis.errors import FeatvisError
 from featvis.layers import capture, default_layer, find_layer, forward_until
 from featvis.models.classifier import frozen
@@ -35,8 +36,8 @@ LOGITS = ("logits", "<logits>")  # layer names that mean "a class logit" (channe
 DIST_EPS = 1e-3  # smoothing of the per-position distance near zero
 
 
-@dataclass(frozen=True)
-class AccentuationResult:
+@dataclass(frozen=True, repr=False)
+class AccentuationResult(Result):
     """Photos, their accentuations, and the feature's activation before and after.
 
     `difference` is accentuated − original in [−1, 1]; `before`/`after` are the channel's mean activation (or the
@@ -65,10 +66,11 @@ class AccentuationResult:
         mse = self.difference.pow(2).flatten(1).mean(1).clamp_min(1e-12)
         return 10 * torch.log10(1 / mse)
 
-    def _repr_png_(self) -> bytes:
-        from featvis.figures import accentuation_panels, figure_png
+    def draw_figure(self, **options):
+        """Original | accentuated | difference per image (through `featvis.figures.draw`)."""
+        from featvis.figures import accentuation_panels
 
-        return figure_png(accentuation_panels(self))
+        return accentuation_panels(self, **options)
 
 
 def _target(clf, layer: str | None, channel, batch: int) -> tuple[str | None, list[int]]:

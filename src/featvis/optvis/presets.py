@@ -276,8 +276,8 @@ def visualize(clf, objective: obj.Objective, *, preset: str = "lucid", size: int
     seeds = per_image_seeds(seed, batch)
     own, rest = spec.split(options, name)
     built = spec.build(clf, side, batch, seeds, **own)
-    result = render(clf, objective, **{**built.options(), "steps": steps or spec.steps, "seed": seeds,
-                                       "titles": titles, **rest})
+    result = render(clf, objective, **{**built.options(), "steps": spec.steps if steps is None else steps,
+                                       "seed": seeds, "titles": titles, **rest})
     result.params.update(preset=name, size=side, seed=seed if isinstance(seed, int) else list(seeds), **own)
     return result
 

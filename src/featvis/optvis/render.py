@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featvis._progress import report
+from featvis._types import Result
 from featvis.errors import FeatvisError
 from featvis.layers import capture, find_layer, forward_until
 from featvis.models.classifier import frozen
@@ -38,8 +39,8 @@ class StepState:
     transparency: torch.Tensor | None = None  # [B, H, W] accumulated |∂objective/∂pixel| up to this step
 
 
-@dataclass(frozen=True)
-class RenderResult:
+@dataclass(frozen=True, repr=False)
+class RenderResult(Result):
     """The optimized images, their objective values, snapshots, timings and transparency maps."""
 
     images: torch.Tensor  # [B, 3, H, W] in [0, 1]
@@ -57,11 +58,6 @@ class RenderResult:
     @property
     def ms_per_step(self) -> float:
         return 1e3 * self.seconds / max(self.steps, 1)
-
-    def _repr_png_(self) -> bytes:
-        from featvis.figures import figure_png, render_grid
-
-        return figure_png(render_grid(self.images, self.titles or [self.objective] * self.images.shape[0]))
 
 
 def evaluate(clf, objective: Objective, images: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
