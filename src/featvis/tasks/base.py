@@ -148,6 +148,22 @@ class Task:
         return tables[0] if tables else None
 
 
+class ClassTarget:
+    """For tasks whose parameters have a `target`: None (the predicted class), "true" (each image's label),
+    "random" (attacks only: drawn per image) or a class name/index, checked against the model's labels."""
+
+    TARGET_WORDS: ClassVar[tuple[str, ...]] = ("true", "predicted")
+
+    def prepare(self, clf) -> None:
+        t = self.params.target  # type: ignore[attr-defined]
+        if t is not None and not (isinstance(t, str) and t.strip().lower() in self.TARGET_WORDS):
+            clf.labels.lookup(t)
+
+    def needs_labels(self) -> bool:
+        t = self.params.target  # type: ignore[attr-defined]
+        return isinstance(t, str) and t.strip().lower() == "true"
+
+
 def _plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}

@@ -16,8 +16,8 @@ import numpy as np
 from featvis._registry import Option, options_from
 from featvis._types import Result as _Result
 from featvis.errors import FeatvisError, did_you_mean
-from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
-from featvis.tasks.saliency import check_target, resolve_targets
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, register, short_name
+from featvis.tasks.saliency import resolve_targets
 
 CURVE_POINTS = 33  # deletion/insertion curves are stored resampled to this many points (the AUCs are exact)
 EXAMPLES = 4  # images in the example-maps strip of the report
@@ -126,7 +126,7 @@ class EvaluateParams:
 
 
 @register
-class EvaluateTask(Task):
+class EvaluateTask(ClassTarget, Task):
     """Faithfulness, robustness and complexity of attribution methods over a data set, against a random map."""
 
     name = "evaluate"
@@ -137,11 +137,8 @@ class EvaluateTask(Task):
         return applicable_methods(clf) if self.params.methods == "all" else tuple(self.params.methods)
 
     def prepare(self, clf) -> None:
-        check_target(clf, self.params.target)
+        super().prepare(clf)
         _split_options(self.methods(clf), self.params.options)
-
-    def needs_labels(self) -> bool:
-        return isinstance(self.params.target, str) and self.params.target.lower() == "true"
 
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis.attribution.evaluation import evaluate_batch

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featvis.errors import FeatvisError
-from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, register, short_name
 from featvis.tasks.classify import per_class
 
 FOOL_FIELDS = ["input", "method", "success", "steps", "original_class", "original_name", "target", "target_name",
@@ -101,22 +101,19 @@ class FoolParams:
 
 
 @register
-class FoolTask(Task):
+class FoolTask(ClassTarget, Task):
     """Fooling images: the fooled PNG (judged after 8-bit rounding), the lab's four panels, numbers per image."""
 
     name = "fool"
     title = "Fooling images"
     Params = FoolParams
 
+    TARGET_WORDS = ("true", "random")
+
     def prepare(self, clf) -> None:
-        t = self.params.target
-        if t is not None and t not in ("random", "true"):
-            clf.labels.lookup(t)
+        super().prepare(clf)
         if self.params.check_model:
             self._transfer_model(clf)
-
-    def needs_labels(self) -> bool:
-        return self.params.target == "true"
 
     def _transfer_model(self, clf):
         other = getattr(self, "_other", None)
@@ -286,20 +283,14 @@ class RobustnessParams:
 
 
 @register
-class RobustnessTask(Task):
+class RobustnessTask(ClassTarget, Task):
     """How small a change fools the model: the share fooled at each budget and each image's smallest budget."""
 
     name = "robustness"
     title = "Robustness"
     Params = RobustnessParams
 
-    def prepare(self, clf) -> None:
-        t = self.params.target
-        if t is not None and t not in ("random", "true"):
-            clf.labels.lookup(t)
-
-    def needs_labels(self) -> bool:
-        return self.params.target == "true"
+    TARGET_WORDS = ("true", "random")
 
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis import _progress

@@ -12,7 +12,7 @@ import torch
 from featvis._io import npy_bytes
 from featvis._ops import random_draw
 from featvis.errors import FeatvisError, did_you_mean
-from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, register, short_name
 from featvis.tasks.classify import accuracy_summary, add_accuracy, per_class
 
 SCORES = ("logit", "log-prob", "prob")
@@ -67,12 +67,6 @@ def resolve_targets(clf, images: torch.Tensor, target, labels: list[int | None])
     return resolve(clf, images, target)
 
 
-def check_target(clf, target) -> None:
-    if target is None or (isinstance(target, str) and target.strip().lower() in ("true", "predicted")):
-        return
-    clf.labels.lookup(target)
-
-
 @dataclass(frozen=True)
 class SaliencyParams:
     methods: tuple[str, ...] = ("gradient",)
@@ -97,18 +91,12 @@ class SaliencyParams:
 
 
 @register
-class SaliencyTask(Task):
+class SaliencyTask(ClassTarget, Task):
     """Saliency maps of every method for each image, a figure per image, and deletion/insertion on request."""
 
     name = "saliency"
     title = "Saliency maps"
     Params = SaliencyParams
-
-    def prepare(self, clf) -> None:
-        check_target(clf, self.params.target)
-
-    def needs_labels(self) -> bool:
-        return isinstance(self.params.target, str) and self.params.target.lower() == "true"
 
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis import _progress
@@ -251,18 +239,12 @@ class SanityParams:
 
 
 @register
-class SanityTask(Task):
+class SanityTask(ClassTarget, Task):
     """Adebayo et al.'s cascading (and independent) model randomization, per image, summarized per method."""
 
     name = "sanity"
     title = "Sanity check (model randomization)"
     Params = SanityParams
-
-    def prepare(self, clf) -> None:
-        check_target(clf, self.params.target)
-
-    def needs_labels(self) -> bool:
-        return isinstance(self.params.target, str) and self.params.target.lower() == "true"
 
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis import _progress
