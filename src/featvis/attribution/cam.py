@@ -27,8 +27,8 @@ def layer_maps(clf, images: torch.Tensor, targets: torch.Tensor, layer: str, sco
             act = cap.calls[layer][-1]
             # Differentiate to the layer only: the backward pass stops there instead of running to the pixels.
             grad = torch.autograd.grad(s.sum(), act)[0]
-            acts.append(to_spatial(act.detach()))
-            grads.append(to_spatial(grad))
+            acts.append(to_spatial(act.detach(), clf))
+            grads.append(to_spatial(grad, clf))
     return torch.cat(acts), torch.cat(grads)
 
 

@@ -90,13 +90,56 @@ def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
 
+MeanOpt = Annotated[str | None, typer.Option(help="The model's input normalization mean, R,G,B (default: the model's "
+                                             "own).", metavar="R,G,B")]
+StdOpt = Annotated[str | None, typer.Option(help="The normalization std, R,G,B (default: the model's own).",
+                                            metavar="R,G,B")]
+LabelsOpt = Annotated[str | None, typer.Option(help="Class names: a text file (one per line) or a comma list "
+                                               "(default: the model's own, ImageNet for 1000 classes).",
+                                               metavar="FILE|A,B,...")]
+InputSizeOpt = Annotated[int | None, typer.Option(min=8, help="The model's input side (default: its own).",
+                                                  metavar="PX")]
+
+
+def model_overrides(mean: str | None, std: str | None, labels: str | None, input_size: int | None) -> dict[str, Any]:
+    """--mean/--std/--labels/--input-size as load_model keywords (only those given)."""
+    out: dict[str, Any] = {}
+    for key, text in (("mean", mean), ("std", std)):
+        if text is not None:
+            try:
+                values = tuple(float(v) for v in text.split(","))
+            except ValueError:
+                raise FeatvisError(f"--{key} {text!r} must be three numbers, e.g. 0.485,0.456,0.406") from None
+            if len(values) != 3:
+                raise FeatvisError(f"--{key} {text!r} must be three numbers (R,G,B), got {len(values)}")
+            out[key] = values
+    if labels is not None:
+        path = Path(labels).expanduser()
+        try:
+            is_file = path.is_file()
+        except OSError:  # a long comma list is no file name
+            is_file = False
+        if is_file:
+            names = [ln.strip() for ln in path.read_text("utf-8").splitlines() if ln.strip()]
+        else:
+            names = [n.strip() for n in labels.split(",") if n.strip()]
+        if not names:
+            raise FeatvisError(f"--labels {labels!r} names no classes; give a file with one name per line or A,B,C")
+        out["labels"] = names
+    if input_size is not None:
+        out["input_size"] = input_size
+    return out
+
+
 def _shared(output: str | None, batch: int | None) -> list[inspect.Parameter]:
     what = "Folder for results (a rerun resumes it)." if output else "Save results in this folder (a rerun resumes " \
         "it); without it nothing is written."
     out_opt = Annotated[Path | None, typer.Option("--output", "-o", help=what, metavar="DIR")]
     return [
         _param("model", ModelOpt, DEFAULT_MODEL), _param("weights", WeightsOpt, None),
-        _param("trust_checkpoint", TrustOpt, False), _param("output", out_opt, Path(output) if output else None),
+        _param("trust_checkpoint", TrustOpt, False), _param("mean", MeanOpt, None), _param("std", StdOpt, None),
+        _param("labels", LabelsOpt, None), _param("input_size", InputSizeOpt, None),
+        _param("output", out_opt, Path(output) if output else None),
         _param("option", OptionOpt, None), _param("seed", SeedOpt, 0), _param("batch_size", BatchOpt, batch),
         _param("device", DeviceOpt, "auto"), _param("executor", ExecutorOpt, "local"),
         _param("address", AddressOpt, None), _param("workers", WorkersOpt, None),
@@ -110,8 +153,9 @@ def _dataset() -> list[inspect.Parameter]:
             _param("shuffle", ShuffleOpt, False), _param("shard", ShardOpt, None)]
 
 
-SHARED = ("model", "weights", "trust_checkpoint", "output", "option", "seed", "batch_size", "device", "executor",
-          "address", "workers", "cpus_per_worker", "gpus_per_worker", "json", "quiet", "overwrite")
+SHARED = ("model", "weights", "trust_checkpoint", "mean", "std", "labels", "input_size", "output", "option", "seed",
+          "batch_size", "device", "executor", "address", "workers", "cpus_per_worker", "gpus_per_worker", "json",
+          "quiet", "overwrite")
 DATASET = ("imagefolder", "limit", "shuffle", "shard")
 
 
@@ -158,10 +202,10 @@ def pick_device(device: str) -> str:
     return device
 
 
-def load_classifier(model: str, device: str, weights: Path | None = None, trust: bool = False):
+def load_classifier(model: str, device: str, weights: Path | None = None, trust: bool = False, **overrides: Any):
     from featvis.models import load_model
 
-    return load_model(model, device=pick_device(device), weights=weights, trust_checkpoint=trust)
+    return load_model(model, device=pick_device(device), weights=weights, trust_checkpoint=trust, **overrides)
 
 
 def make_executor(shared: dict[str, Any]):
@@ -215,7 +259,8 @@ def run_command(task, inputs: list[str] | None, shared: dict[str, Any], data: di
     from featvis.tasks.runner import run_task
 
     quiet, as_json = shared["quiet"], shared["json"]
-    clf = load_classifier(shared["model"], shared["device"], shared["weights"], shared["trust_checkpoint"])
+    clf = load_classifier(shared["model"], shared["device"], shared["weights"], shared["trust_checkpoint"],
+                          **model_overrides(shared["mean"], shared["std"], shared["labels"], shared["input_size"]))
     dataset = None
     if inputs is not None:
         from featvis.data import Dataset, parse_shard
