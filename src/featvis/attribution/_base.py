@@ -99,7 +99,7 @@ def input_gradients(clf, images: torch.Tensor, targets: torch.Tensor, *, score: 
     fn = score_fn(score)
     chunk = batch_size or default_chunk(clf, images)
     out = torch.empty_like(images)
-    with frozen(clf):
+    with frozen(clf), torch.enable_grad():  # also inside a caller's no_grad (captum.metrics calls methods so)
         for start in range(0, images.shape[0], chunk):
             x = images[start:start + chunk].detach().requires_grad_(True)
             s = fn(clf(x), targets[start:start + chunk])
