@@ -14,17 +14,19 @@ import asyncio
 import contextlib
 import hmac
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import torch
-from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from featvis import samples
 from featvis.data import Item, item_seed
 from featvis.errors import FeatvisError
 from featvis.images import load_image
+from featvis.tasks.base import Batch
 from featvis.web.jobs import JobQueue, QueueFull, WebJob
 
 MAX_BYTES = 10 * 2**20
@@ -134,9 +136,250 @@ async def _reply(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+@dataclass
+class Server:
+    """What the endpoints share: the model, its jobs, the upload limits and the decode limiter."""
+
+    clf: Any
+    jobs: JobQueue
+    token: str | None
+    max_bytes: int
+    max_pixels: int
+    limiter: Any
+
+    async def read_image(self, file: UploadFile | None, sample: str | None) -> torch.Tensor:
+        """The upload (or a bundled sample) decoded off the event loop, a few at a time; its name is never used."""
+        import anyio
+
+        if sample:
+            return await anyio.to_thread.run_sync(lambda: load_image(samples.path(sample), self.clf),
+                                                  limiter=self.limiter)
+        if file is None:
+            raise HTTPException(422, "send an image file (field 'file') or a bundled sample name (field 'sample')")
+        data = await file.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
+            raise HTTPException(413, f"upload is larger than {self.max_bytes // 2**20} MiB; send a smaller image")
+        return await anyio.to_thread.run_sync(lambda: load_image(data, self.clf, max_pixels=self.max_pixels),
+                                              limiter=self.limiter)
+
+    def room(self) -> None:
+        if self.jobs.full():
+            raise HTTPException(429, "the job queue is full; retry shortly",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def submit(self, kind: str, work) -> JSONResponse:
+        try:
+            job = self.jobs.submit(kind, work)
+        except QueueFull:
+            return JSONResponse({"detail": "the job queue is full; retry shortly"}, status_code=429,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
+
+    def submit_task(self, kind: str, task, x: torch.Tensor | None, present) -> JSONResponse:
+        """A job that runs `task` on one item on the model's thread; `present` turns its files into job images."""
+        item = Item("web", seed=item_seed(0, "web"))
+
+        def work(job: WebJob) -> None:
+            out = task.run(self.clf, Batch([item], x))[0]
+            present(job, out.record, out.artifacts)
+            job.result = {k: v for k, v in out.record.items() if not isinstance(v, dict) or k == "predictions"}
+
+        return self.submit(kind, work)
+
+    async def on_model(self, fn):
+        return await asyncio.to_thread(self.jobs.call, fn)
+
+    def job(self, job_id: str) -> WebJob:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, "no such job (finished jobs expire)")
+        return job
+
+
+def server(request: Request) -> Server:
+    return request.app.state.server
+
+
+router = APIRouter()
+Form_ = Annotated[str | None, Form()]
+
+
+@router.get("/", include_in_schema=False)
+def page(request: Request) -> Response:
+    from importlib import resources
+
+    html = resources.files("featvis.web").joinpath("static/index.html").read_text("utf-8")
+    resp = Response(html, media_type="text/html")
+    token = server(request).token
+    if token is not None:  # the printed URL carries ?token=; remember it for the page's own requests
+        resp.set_cookie("featvis_token", token, httponly=True, samesite="strict")
+    return resp
+
+
+@router.get("/api/methods")
+def methods() -> list[str]:
+    from featvis.attribution import ATTRIBUTIONS
+
+    return ATTRIBUTIONS.names()
+
+
+@router.get("/api/attacks")
+def attacks() -> list[str]:
+    from featvis.adversarial import ATTACKS
+
+    return ATTACKS.names()
+
+
+@router.get("/api/presets")
+def presets() -> list[str]:
+    from featvis.optvis import PRESETS
+
+    return PRESETS.names()
+
+
+@router.get("/api/health")
+def health(request: Request) -> dict:
+    clf = server(request).clf
+    return {"model": clf.id, "classes": len(clf.labels), "input_size": clf.input_size}
+
+
+@router.get("/api/classes")
+def classes(request: Request, q: str = "", limit: int = 20) -> list[dict]:
+    labels = server(request).clf.labels
+    q = q.strip().lower()
+    hits = [{"index": i, "name": n} for i, n in enumerate(labels)
+            if not q or any(q in s.lower() for s in labels.synonyms[i])]
+    return hits[: max(1, min(limit, 1000))]
+
+
+@router.get("/api/samples")
+def sample_names() -> list[str]:
+    return samples.names()
+
+
+@router.post("/api/classify")
+async def classify(request: Request, file: UploadFile | None = None, sample: Form_ = None,
+                   k: Annotated[int, Form()] = 5) -> dict:
+    srv = server(request)
+    x = await srv.read_image(file, sample)
+    preds = await srv.on_model(lambda: srv.clf.predict(x, k))
+    return {"model": srv.clf.id, "predictions": [p.__dict__ for p in preds[0]]}
+
+
+@router.post("/api/saliency", status_code=202)
+async def saliency(request: Request, file: UploadFile | None = None, sample: Form_ = None,
+                   method: Annotated[str, Form()] = "gradient", target: Form_ = None):
+    from featvis.tasks import SaliencyTask
+
+    srv = server(request)
+    task = SaliencyTask(methods=(method,), target=target or None, overlays=True)
+    task.prepare(srv.clf)  # class names only: no model call
+    srv.room()
+    x = await srv.read_image(file, sample)
+    name = task.params.methods[0]
+
+    def present(job: WebJob, record: dict, files: dict[str, bytes]) -> None:
+        job.images["panels.png"] = files[record["figure"]]
+        job.images["overlay.png"] = files[record["overlays"][name]]
+        job.images["heatmap.png"] = files[record["heatmaps"][name]]
+        record["method"] = name
+
+    return srv.submit_task("saliency", task, x, present)
+
+
+@router.post("/api/fool", status_code=202)
+async def fool(request: Request, file: UploadFile | None = None, sample: Form_ = None,
+               target: Annotated[str, Form()] = "random", method: Annotated[str, Form()] = "ascent"):
+    from featvis.adversarial import ATTACKS
+    from featvis.tasks import FoolTask
+
+    srv = server(request)
+    untargeted_only = not ATTACKS.get(method).info.get("targeted", True)
+    task = FoolTask(method=method, target=None if untargeted_only and target == "random" else target)
+    task.prepare(srv.clf)
+    srv.room()
+    x = await srv.read_image(file, sample)
+
+    def present(job: WebJob, record: dict, files: dict[str, bytes]) -> None:
+        job.images["fooled.png"] = files[record["fooled_png"]]
+        job.images["panels.png"] = files[record["figure"]]
+
+    return srv.submit_task("fool", task, x, present)
+
+
+@router.post("/api/visualize", status_code=202)
+async def visualize(request: Request, kind: Annotated[str, Form()] = "class", target: Form_ = None,
+                    layer: Form_ = None, channel: Annotated[int, Form()] = 0, preset: Annotated[str, Form()] = "lucid",
+                    steps: Annotated[int, Form()] = 128, size: Annotated[int, Form()] = 128):
+    from featvis.tasks import ClassvisTask, FeaturesTask
+
+    srv = server(request)
+    if not 1 <= steps <= 2000 or not 32 <= size <= 512:
+        raise HTTPException(422, "steps must be 1..2000 and size 32..512")
+    if kind == "class":
+        task = ClassvisTask(classes=(target if target is not None else "",), preset=preset, steps=steps, size=size)
+    elif kind == "channel":
+        task = FeaturesTask(layer=layer or "", channels=(channel,), preset=preset, steps=steps, size=size)
+    else:
+        raise HTTPException(422, f"kind must be 'class' or 'channel', got {kind!r}")
+    await srv.on_model(lambda: task.prepare(srv.clf))  # a layer's channel count needs a probe pass
+    srv.room()
+    unit = (await srv.on_model(lambda: task.units(srv.clf))).seeded(0).items[0]
+
+    def work(job: WebJob) -> None:
+        out = task.run(srv.clf, Batch([unit]))[0]
+        job.images["image.png"] = out.artifacts[out.record["image"]]
+        job.result = {"objective": out.record["title"], **{k: v for k, v in out.record.items() if k != "image"}}
+
+    return srv.submit("visualize", work)
+
+
+@router.get("/api/jobs/{job_id}")
+def job_status(request: Request, job_id: str) -> dict:
+    return server(request).job(job_id).public()
+
+
+@router.delete("/api/jobs/{job_id}")
+def cancel(request: Request, job_id: str) -> dict:
+    job = server(request).job(job_id)
+    job.cancel.set()
+    return job.public()
+
+
+@router.get("/api/jobs/{job_id}/images/{name}")
+def job_image(request: Request, job_id: str, name: str) -> Response:
+    data = server(request).job(job_id).images.get(name)  # a key lookup: the name never reaches the filesystem
+    if data is None:
+        raise HTTPException(404, f"job has no image {name!r}")
+    return Response(data, media_type="image/png",
+                    headers={"Content-Disposition": f'attachment; filename="featvis-{job_id[:8]}-{name}"'})
+
+
+@router.get("/api/jobs/{job_id}/events")
+async def events(request: Request, job_id: str) -> StreamingResponse:
+    job = server(request).job(job_id)
+
+    async def stream():
+        sent = 0
+        while True:
+            while sent < len(job.events):
+                yield f"data: {json.dumps(job.events[sent])}\n\n"
+                sent += 1
+            if job.finished is not None:
+                yield f"event: end\ndata: {json.dumps(job.public())}\n\n"
+                return
+            await asyncio.sleep(0.1)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+async def bad_input(_request: Request, exc: FeatvisError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
 def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-               queue: JobQueue | None = None, host: str = "127.0.0.1", port: int | None = None) -> Any:
-    """The API for one classifier.
+               queue: JobQueue | None = None, host: str = "127.0.0.1", port: int | None = None) -> Guard:
+    """The API for one classifier, behind the Guard (Host/Origin, token, body cap).
 
     Args:
         token: required on every request (Bearer header, ?token= or the cookie the page sets); "" is refused.
@@ -159,211 +402,10 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
         jobs.shutdown()
 
     api = FastAPI(title="featvis", docs_url=None, redoc_url=None, lifespan=lifespan)  # no CDN-loaded Swagger UI
+    api.state.server = Server(clf, jobs, token, max_bytes, max_pixels, anyio.CapacityLimiter(DECODERS))
     api.state.jobs = jobs
-    limiter = anyio.CapacityLimiter(DECODERS)
-
-    @api.exception_handler(FeatvisError)
-    async def bad_input(_request: Request, exc: FeatvisError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    async def read_image(file: UploadFile | None, sample: str | None) -> torch.Tensor:
-        if sample:
-            return await anyio.to_thread.run_sync(lambda: load_image(samples.path(sample), clf), limiter=limiter)
-        if file is None:
-            raise HTTPException(422, "send an image file (field 'file') or a bundled sample name (field 'sample')")
-        data = await file.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise HTTPException(413, f"upload is larger than {max_bytes // 2**20} MiB; send a smaller image")
-        # decoded and checked off the event loop, a few at a time; the file name is never used
-        return await anyio.to_thread.run_sync(lambda: load_image(data, clf, max_pixels=max_pixels), limiter=limiter)
-
-    def room() -> None:
-        if jobs.full():
-            raise HTTPException(429, "the job queue is full; retry shortly",
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
-
-    def submit(kind: str, task, x: torch.Tensor | None, present) -> JSONResponse:
-        item = Item("web", label=None, seed=item_seed(0, "web"))
-
-        def work(job: WebJob) -> None:
-            from featvis.tasks.base import Batch
-
-            out = task.run(clf, Batch([item], x))[0]
-            present(job, out.record, out.artifacts)
-            job.result = {k: v for k, v in out.record.items() if not isinstance(v, dict) or k == "predictions"}
-
-        try:
-            job = jobs.submit(kind, work)
-        except QueueFull:
-            return JSONResponse({"detail": "the job queue is full; retry shortly"}, status_code=429,
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
-        return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
-
-    async def on_model(fn):
-        return await asyncio.to_thread(jobs.call, fn)
-
-    @api.get("/", include_in_schema=False)
-    def page(request: Request) -> Response:
-        from importlib import resources
-
-        html = resources.files("featvis.web").joinpath("static/index.html").read_text("utf-8")
-        resp = Response(html, media_type="text/html")
-        if token is not None:  # the printed URL carries ?token=; remember it for the page's own requests
-            resp.set_cookie("featvis_token", token, httponly=True, samesite="strict")
-        return resp
-
-    @api.get("/api/methods")
-    def methods() -> list[str]:
-        from featvis.attribution import ATTRIBUTIONS
-
-        return ATTRIBUTIONS.names()
-
-    @api.get("/api/attacks")
-    def attacks() -> list[str]:
-        from featvis.adversarial import ATTACKS
-
-        return ATTACKS.names()
-
-    @api.get("/api/presets")
-    def presets() -> list[str]:
-        from featvis.optvis import PRESETS
-
-        return PRESETS.names()
-
-    @api.get("/api/health")
-    def health() -> dict:
-        return {"model": clf.id, "classes": len(clf.labels), "input_size": clf.input_size}
-
-    @api.get("/api/classes")
-    def classes(q: str = "", limit: int = 20) -> list[dict]:
-        q = q.strip().lower()
-        hits = [{"index": i, "name": n} for i, n in enumerate(clf.labels)
-                if not q or any(q in s.lower() for s in clf.labels.synonyms[i])]
-        return hits[: max(1, min(limit, 1000))]
-
-    @api.get("/api/samples")
-    def sample_names() -> list[str]:
-        return samples.names()
-
-    @api.post("/api/classify")
-    async def classify(file: UploadFile | None = None, sample: Annotated[str | None, Form()] = None,
-                       k: Annotated[int, Form()] = 5) -> dict:
-        x = await read_image(file, sample)
-        preds = await on_model(lambda: clf.predict(x, k))
-        return {"model": clf.id, "predictions": [p.__dict__ for p in preds[0]]}
-
-    @api.post("/api/saliency", status_code=202)
-    async def saliency(file: UploadFile | None = None, sample: Annotated[str | None, Form()] = None,
-                       method: Annotated[str, Form()] = "gradient", target: Annotated[str | None, Form()] = None):
-        from featvis.tasks import SaliencyTask
-
-        task = SaliencyTask(methods=(method,), target=target or None, overlays=True)
-        task.prepare(clf)  # class names only: no model call
-        room()
-        x = await read_image(file, sample)
-        name = task.params.methods[0]
-
-        def present(job: WebJob, record: dict, files: dict[str, bytes]) -> None:
-            job.images["panels.png"] = files[record["figure"]]
-            job.images["overlay.png"] = files[record["overlays"][name]]
-            job.images["heatmap.png"] = files[record["heatmaps"][name]]
-            record["method"] = name
-
-        return submit("saliency", task, x, present)
-
-    @api.post("/api/fool", status_code=202)
-    async def fool(file: UploadFile | None = None, sample: Annotated[str | None, Form()] = None,
-                   target: Annotated[str, Form()] = "random", method: Annotated[str, Form()] = "ascent"):
-        from featvis.adversarial import ATTACKS
-        from featvis.tasks import FoolTask
-
-        untargeted_only = not ATTACKS.get(method).info.get("targeted", True)
-        task = FoolTask(method=method, target=None if untargeted_only and target == "random" else target)
-        task.prepare(clf)
-        room()
-        x = await read_image(file, sample)
-
-        def present(job: WebJob, record: dict, files: dict[str, bytes]) -> None:
-            job.images["fooled.png"] = files[record["fooled_png"]]
-            job.images["panels.png"] = files[record["figure"]]
-
-        return submit("fool", task, x, present)
-
-    @api.post("/api/visualize", status_code=202)
-    async def visualize(kind: Annotated[str, Form()] = "class", target: Annotated[str | None, Form()] = None,
-                        layer: Annotated[str | None, Form()] = None, channel: Annotated[int, Form()] = 0,
-                        preset: Annotated[str, Form()] = "lucid", steps: Annotated[int, Form()] = 128,
-                        size: Annotated[int, Form()] = 128):
-        from featvis.tasks import ClassvisTask, FeaturesTask
-
-        if not 1 <= steps <= 2000 or not 32 <= size <= 512:
-            raise HTTPException(422, "steps must be 1..2000 and size 32..512")
-        if kind == "class":
-            task = ClassvisTask(classes=(target if target is not None else "",), preset=preset, steps=steps,
-                                size=size)
-        elif kind == "channel":
-            task = FeaturesTask(layer=layer or "", channels=(channel,), preset=preset, steps=steps, size=size)
-        else:
-            raise HTTPException(422, f"kind must be 'class' or 'channel', got {kind!r}")
-        await on_model(lambda: task.prepare(clf))  # a layer's channel count needs a probe pass
-        room()
-        unit = (await on_model(lambda: task.units(clf))).seeded(0).items[0]
-
-        def work(job: WebJob) -> None:
-            from featvis.tasks.base import Batch
-
-            out = task.run(clf, Batch([unit]))[0]
-            job.images["image.png"] = out.artifacts[out.record["image"]]
-            job.result = {"objective": out.record["title"], **{k: v for k, v in out.record.items() if k != "image"}}
-
-        try:
-            job = jobs.submit("visualize", work)
-        except QueueFull:
-            return JSONResponse({"detail": "the job queue is full; retry shortly"}, status_code=429,
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
-        return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
-
-    def find(job_id: str) -> WebJob:
-        job = jobs.get(job_id)
-        if job is None:
-            raise HTTPException(404, "no such job (finished jobs expire)")
-        return job
-
-    @api.get("/api/jobs/{job_id}")
-    def job_status(job_id: str) -> dict:
-        return find(job_id).public()
-
-    @api.delete("/api/jobs/{job_id}")
-    def cancel(job_id: str) -> dict:
-        job = find(job_id)
-        job.cancel.set()
-        return job.public()
-
-    @api.get("/api/jobs/{job_id}/images/{name}")
-    def job_image(job_id: str, name: str) -> Response:
-        data = find(job_id).images.get(name)  # a key lookup: the name never reaches the filesystem
-        if data is None:
-            raise HTTPException(404, f"job has no image {name!r}")
-        return Response(data, media_type="image/png",
-                        headers={"Content-Disposition": f'attachment; filename="featvis-{job_id[:8]}-{name}"'})
-
-    @api.get("/api/jobs/{job_id}/events")
-    async def events(job_id: str) -> StreamingResponse:
-        job = find(job_id)
-
-        async def stream():
-            sent = 0
-            while True:
-                while sent < len(job.events):
-                    yield f"data: {json.dumps(job.events[sent])}\n\n"
-                    sent += 1
-                if job.finished is not None:
-                    yield f"event: end\ndata: {json.dumps(job.public())}\n\n"
-                    return
-                await asyncio.sleep(0.1)
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
-
+    api.add_exception_handler(FeatvisError, bad_input)
+    api.include_router(router)
     guard = Guard(api, token=token, max_body=max_bytes + 64 * 1024, hosts=hosts, port=port)
     guard.state = api.state  # type: ignore[attr-defined]
     guard.api = api  # type: ignore[attr-defined]

@@ -1,0 +1,275 @@
+"""The fast path (models/fast.py): a folded, channels-last copy that must be indistinguishable from the user's net."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+import featvis as fv
+from featvis.layers import capture, forward_until
+from featvis.models import fast, frozen
+
+from _models import TinyConvNet
+
+MEAN_RTOL = 1e-3  # issue 17: maps equal to the user's network within mean relative difference 1e-3
+
+
+class ConvBNStack(nn.Module):
+    """A small MobileNet-like net with ≥ 8 convolutions (so the fast path applies): stem conv-BN-ReLU6, then
+    depthwise/pointwise conv-BN pairs with residuals, pool, fc. `shared_tap`: block 2's pointwise conv output also
+    feeds the residual directly (y = bn(c) + c), so its BatchNorm must not be folded."""
+
+    def __init__(self, shared_tap: bool = False, std_conv: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.shared_tap = shared_tap
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU6()  # one module, called everywhere (as in EfficientNet-Lite)
+        conv = _StdConv if std_conv else nn.Conv2d
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "dw": nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), "bn_dw": nn.BatchNorm2d(8),
+            "pw": conv(8, 8, 1, bias=False), "bn_pw": nn.BatchNorm2d(8)}) for _ in range(4))
+        self.fc = nn.Linear(8, 5)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (0.1 if "bn" in name else 0.5) + (1.0 if "bn" in name
+                        and name.endswith("weight") else 0.0))
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn0(self.stem(x)))
+        for i, b in enumerate(self.blocks):
+            y = self.act(b["bn_dw"](b["dw"](x)))
+            c = b["pw"](y)
+            x = x + b["bn_pw"](c) + (c if self.shared_tap and i == 2 else 0)
+        return self.fc(x.mean((2, 3)))
+
+
+class _StdConv(nn.Conv2d):
+    """Weight-standardized conv (BiT): scaling its weight is undone by its forward, so it must never be folded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3), keepdim=True)
+                                                                          + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+def _wrap(net: nn.Module) -> fv.Classifier:
+    return fv.Classifier.wrap(net.eval(), labels=list("abcde"), input_size=32)
+
+
+def _grads(clf, x: torch.Tensor, target: int = 1) -> torch.Tensor:
+    with frozen(clf):
+        xx = x.clone().requires_grad_(True)
+        return torch.autograd.grad(clf(xx)[:, target].sum(), xx)[0]
+
+
+def _eager(clf, fn):
+    clf.fast = False
+    try:
+        return fn()
+    finally:
+        clf.fast = True
+
+
+def _mean_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().sum() / b.abs().sum())
+
+
+def _hooks(net: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
+
+
+def test_small_stack_folds_every_pair_and_matches_eager():
+    clf = _wrap(ConvBNStack())
+    x = torch.rand(3, 3, 32, 32)
+    fast_grads = _grads(clf, x)
+    assert fast.status(clf) == {"enabled": True, "active": True, "folded": 9, "options": fast.FastOptions()}
+    eager_grads = _eager(clf, lambda: _grads(clf, x))
+    torch.testing.assert_close(fast_grads, eager_grads, rtol=1e-4, atol=1e-6)
+    assert fast_grads.is_contiguous()  # the input gradient has the input's layout, not channels-last
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), clf.net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_conv_output_and_weight_standardized_convs_are_not_folded():
+    tapped = _wrap(ConvBNStack(shared_tap=True))
+    std = _wrap(ConvBNStack(std_conv=True))
+    x = torch.rand(2, 3, 32, 32)
+    for clf, folded in ((tapped, 8), (std, 5)):  # tap: block 2's pointwise pair kept; std: the 4 pointwise kept
+        with torch.no_grad():
+            out = clf(x)
+        assert fast.status(clf)["folded"] == folded
+        with torch.no_grad():
+            torch.testing.assert_close(out, clf.net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_users_network_is_never_modified(clf, photos):
+    x = photos["chelsea"]
+    types = [type(m) for m in clf.net.modules()]
+    state = {k: v.clone() for k, v in clf.net.state_dict().items()}
+    digest = clf.weights_hash
+    with torch.no_grad():
+        clf(x)
+    assert fast.status(clf)["active"] and fast.status(clf)["folded"] == 49
+    assert [type(m) for m in clf.net.modules()] == types and isinstance(clf.net._bn0, nn.BatchNorm2d)
+    assert clf.net._conv_stem.bias is None and _hooks(clf.net) == 0
+    assert all(torch.equal(v, state[k]) for k, v in clf.net.state_dict().items())
+    clf._weights_hash = None
+    assert clf.weights_hash == digest
+
+
+def test_predictions_identical_and_maps_within_tolerance_on_the_photos(clf, photos):
+    x = torch.cat(list(photos.values()))
+    fast_top = [[p.index for p in row] for row in clf.predict(x, k=5)]
+    eager_top = _eager(clf, lambda: [[p.index for p in row] for row in clf.predict(x, k=5)])
+    assert fast_top == eager_top
+    small = torch.nn.functional.interpolate(x[:3], size=96, mode="bilinear", antialias=True)
+    fast_maps = fv.saliency(clf, small, None, reduce="none")
+    eager_maps = _eager(clf, lambda: fv.saliency(clf, small, None, reduce="none"))
+    assert _mean_rel(fast_maps, eager_maps) <= MEAN_RTOL
+
+
+def test_fast_float32_is_as_accurate_as_eager_float32(clf, photos):
+    """Against a float64 run of the same network, the fast copy's error is of the size of eager float32's own:
+    what differs between the two float32 runs is rounding (and the ReLU6 corners it may flip), not the math."""
+    x = torch.nn.functional.interpolate(photos["coffee"], size=64, mode="bilinear", antialias=True)
+    ref_clf = copy.deepcopy(clf).double()
+    ref_clf.fast = False
+    ref = _grads(ref_clf, x.double(), 967).float()
+    err_fast = _mean_rel(_grads(clf, x, 967), ref)
+    err_eager = _mean_rel(_eager(clf, lambda: _grads(clf, x, 967)), ref)
+    assert err_fast <= max(3 * err_eager, 1e-5)
+
+
+def test_hooks_capture_forward_until_and_guided_backprop_see_the_users_layers(clf, photos):
+    x = torch.nn.functional.interpolate(photos["chelsea"], size=64, mode="bilinear", antialias=True)
+    with torch.no_grad():
+        clf(x)  # build the copy first
+    for run in (lambda: _capture(clf, x), lambda: forward_until(clf, x, "_blocks.5._bn1"),
+                lambda: fv.saliency(clf, x, 281, method="guided-backprop", reduce="none")):
+        got = run()
+        want = _eager(clf, run)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)) if isinstance(got, tuple) \
+            else torch.equal(got, want)
+    assert _hooks(clf.net) == 0
+
+
+def _capture(clf, x):
+    with frozen(clf), capture(clf, "_blocks.5._bn1", grads=True) as cap:
+        xx = x.clone().requires_grad_(True)
+        grads = torch.autograd.grad(clf(xx)[:, 281].sum(), xx)[0]
+    return cap.act(), cap.grad(), grads
+
+
+def test_user_hook_train_mode_and_weight_gradients_run_the_users_network():
+    net = ConvBNStack()
+    clf = _wrap(net)
+    x = torch.rand(2, 3, 32, 32)
+    seen = []
+    handle = net.blocks[1]["bn_dw"].register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        with torch.no_grad():
+            out = clf(x)
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    with torch.no_grad():
+        assert torch.equal(out, net(clf.normalize(x)))
+    out = clf(x)  # grad mode, parameters require grad: weight gradients must flow into the user's BatchNorm
+    out[:, 0].sum().backward()
+    assert net.bn0.weight.grad is not None and net.stem.weight.grad is not None
+    net.zero_grad(set_to_none=True)
+    clf.train()
+    try:
+        with torch.no_grad():
+            before = net.bn0.running_mean.clone()
+            clf(x)
+        assert not torch.equal(net.bn0.running_mean, before)  # train mode ran the user's BatchNorm
+    finally:
+        clf.eval()
+
+
+def test_weight_changes_rebuild_the_copy():
+    net = ConvBNStack()
+    clf = _wrap(net)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        clf(x)
+        net.bn0.running_var.mul_(4.0)  # in place, seen by the version counter
+        torch.testing.assert_close(clf(x), net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
+        net.blocks[0]["pw"].weight = nn.Parameter(torch.randn_like(net.blocks[0]["pw"].weight))  # replaced
+        torch.testing.assert_close(clf(x), net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
+        net.fc = nn.Linear(8, 5)  # a shared module replaced in a duplicated container
+        torch.testing.assert_close(clf(x), net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
+        net.blocks[1]["bn_pw"].running_mean.data.add_(1.0)  # invisible to version counters: refresh
+        fast.refresh(clf)
+        torch.testing.assert_close(clf(x), net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
+        clf.double()
+        out = clf(x.double())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, net(clf.normalize(x.double())), rtol=1e-10, atol=1e-10)
+
+
+def test_deep_copy_is_its_own_network_and_the_cache_does_not_keep_networks_alive():
+    clf = _wrap(ConvBNStack())
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        clf(x)
+        other = copy.deepcopy(clf)
+        with torch.no_grad():
+            for p in other.net.blocks[3].parameters():
+                p.mul_(-1.0)
+        torch.testing.assert_close(other(x), other.net(other.normalize(x)), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(other(x), clf(x))
+    ref = weakref.ref(clf.net)
+    del clf, other
+    gc.collect()
+    assert ref() is None
+
+
+def test_tiny_networks_and_the_switches_run_the_users_network(monkeypatch):
+    tiny = fv.Classifier.wrap(TinyConvNet().eval(), labels=list("abcd"), input_size=16)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(tiny(x), tiny.net(tiny.normalize(x)))
+    assert not fast.status(tiny)["active"]
+    clf = _wrap(ConvBNStack())
+    monkeypatch.setenv("FEATVIS_FAST", "0")
+    with torch.no_grad():
+        assert torch.equal(clf(torch.rand(1, 3, 32, 32).fill_(0.5)), clf.net(clf.normalize(torch.full(
+            (1, 3, 32, 32), 0.5))))
+    assert fast.options(clf) is None
+    monkeypatch.setenv("FEATVIS_FAST", "bf16,nofold")
+    assert fast.options(clf) == fast.FastOptions(fold_bn=False, autocast="bf16")
+    monkeypatch.delenv("FEATVIS_FAST")
+    assert fast.options(clf) == fast.FastOptions()
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no bfloat16 support on this CPU")
+def test_bf16_autocast_is_opt_in_and_close(clf, photos):
+    x = torch.nn.functional.interpolate(torch.cat([photos["chelsea"], photos["coffee"]]), size=128,
+                                        mode="bilinear", antialias=True)
+    fp32 = _grads(clf, x, 281)
+    clf.fast = fast.FastOptions(autocast="bf16")
+    try:
+        with torch.no_grad():
+            probs = clf(x).softmax(-1)
+        half = _grads(clf, x, 281)
+    finally:
+        clf.fast = True
+    assert half.dtype == torch.float32 and probs.dtype == torch.float32
+    with torch.no_grad():
+        ref = clf(x).softmax(-1)
+    assert torch.equal(probs.argmax(-1), ref.argmax(-1)) and float((probs - ref).abs().max()) < 0.1
+    cos = torch.nn.functional.cosine_similarity(half.flatten(1), fp32.flatten(1))
+    assert bool((cos > 0.7).all())  # bf16 moves maps: why it is opt-in (benchmarks/floor.py)
