@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save
-from scale import make_images
-
 import featvis as fv
 from featvis.tasks import ExamplesTask, run_task
+
+from _common import machine, save
+from scale import make_images
 
 
 def bare(clf, files: list[Path], batch: int = 16) -> float:

@@ -25,10 +25,10 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, save
-
 import featvis as fv
 from featvis.tasks import SaliencyTask, run_task
+
+from _common import machine, save
 
 RAY_PORT = 6391
 

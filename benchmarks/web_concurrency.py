@@ -68,7 +68,7 @@ def main() -> None:
             assert status == 202, status
             codes, tops, stop = [], [], threading.Event()
 
-            def client():
+            def client(stop=stop, codes=codes, tops=tops):
                 while not stop.is_set():
                     code, res = post(base + "/api/classify", {"sample": "coffee"})
                     codes.append(code)
