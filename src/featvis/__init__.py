@@ -26,6 +26,7 @@ from featvis.optvis import (
 )
 from featvis.tasks import read_run, run_task
 from featvis.tasks.evaluate import EvaluationResult, evaluate
+from featvis.tasks.examples import dataset_examples
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "available_models",
     "capture",
     "class_visualization",
+    "dataset_examples",
     "default_layer",
     "evaluate",
     "explain",
