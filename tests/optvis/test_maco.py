@@ -46,7 +46,7 @@ def test_maco_is_seeded_and_batch_independent(clf):
     b = class_visualization(clf, [1, 9], preset="maco", seed=4, **small)
     assert torch.equal(a.images, b.images)
     alone = class_visualization(clf, 9, preset="maco", seed=4, **small)
-    torch.testing.assert_close(alone.images[0], a.images[1], atol=1e-4, rtol=0)  # batch-mates do not matter
+    torch.testing.assert_close(alone.images[0], a.images[1], atol=1e-3, rtol=0)  # batch-mates do not matter
     other = class_visualization(clf, [1, 9], preset="maco", seed=5, **small)
     assert not torch.allclose(other.images, a.images)
     assert a.transparency.shape == (2, 40, 40) and (a.transparency >= 0).all() and a.transparency.sum() > 0

@@ -17,11 +17,13 @@ def test_gradcheck_differentiable_pieces():
     assert torch.autograd.gradcheck(lambda z: gaussian_blur(z, 1.0), (x,))
     assert torch.autograd.gradcheck(lambda z: P.to_valid(z, True, "sigmoid"), (x,))
     gen = torch.Generator().manual_seed(0)
-    for t in (T.random_rotate([7.0]), T.random_scale([1.1]), T.jitter(3), T.pad(2), T.roll_jitter(2), T.translate(3),
-              T.random_affine([1.1], [5.0]), T.random_crops(8, (0.5, 0.9)), T.noise(0.1)):
+    for t in (T.random_rotate([7.0]), T.random_scale([1.1]), T.jitter(3), T.pad(2), T.roll_jitter(2)):
         assert torch.autograd.gradcheck(lambda z, t=t: t(z, torch.Generator().manual_seed(1)), (x,)), t
-    pair = torch.rand(2, 3, 10, 10, dtype=torch.float64, requires_grad=True)
-    for t in (T.jitter(3), T.random_crops(8, (0.5, 0.9)), T.random_rotate([7.0, -4.0])):  # one draw per image
+    small = torch.rand(1, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    for t in (T.translate(3), T.random_affine([1.1], [5.0]), T.random_crops(5, (0.5, 0.9)), T.noise(0.1)):
+        assert torch.autograd.gradcheck(lambda z, t=t: t(z, torch.Generator().manual_seed(1)), (small,)), t
+    pair = torch.rand(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    for t in (T.jitter(2), T.random_crops(5, (0.5, 0.9))):  # one draw per image
         assert torch.autograd.gradcheck(lambda z, t=t: t(z, [torch.Generator().manual_seed(s) for s in (1, 2)]),
                                         (pair,)), t
     fft = P.FFTImage(8, 1, generator=gen).double()

@@ -124,15 +124,15 @@ class MacoImage(nn.Module):
     fixed to the average spectrum of natural photos, so the image keeps natural-image energy at every frequency
     and the optimization can only move where the structure is.
 
-    forward: phase → spectrum = magnitude·e^{iφ} → inverse FFT → standardized per image (zero mean, unit variance,
-    as horama does) → colour re-correlation → sigmoid. The initial phase is uniform in (−π, π] (Faccent); it is not
-    re-standardized each step (horama's standardization runs over the whole batch tensor, which would couple the
-    images of a batch).
+    forward, as horama's `maco_preconditioner`: phase standardized (zero mean, unit variance) → spectrum =
+    magnitude·e^{iφ} → inverse FFT → standardized → colour re-correlation → sigmoid. Both standardizations run per
+    image here (horama's run over the whole tensor, which would couple the images of a batch). Standardizing the
+    phase also anneals the step: as the raw phase spreads, a fixed NAdam step turns the image less.
 
     Args:
         size: image side in pixels (any size: the magnitude template is resampled).
         batch: number of images.
-        seed: an int, or one seed per image.
+        seed: an int, or one seed per image (the initial phase is N(0, 1), as horama's).
         magnitude: a [3, size, size // 2 + 1] magnitude to use instead of the shipped one.
     """
 
@@ -146,15 +146,21 @@ class MacoImage(nn.Module):
             raise FeatvisError(f"MACO magnitude has shape {tuple(mag.shape)}; a {size} px image needs "
                                f"(3, {size}, {size // 2 + 1})")
         self.register_buffer("magnitude", mag, persistent=False)
-        self.phase = nn.Parameter(math.pi * (2 * random_draw("uniform", seed, (batch, 3, size, size // 2 + 1)) - 1))
+        self.phase = nn.Parameter(random_draw("normal", seed, (batch, 3, size, size // 2 + 1)))
 
     def forward(self) -> torch.Tensor:
-        mag = self.magnitude.to(self.phase.dtype)
-        spec = torch.complex(mag * torch.cos(self.phase), mag * torch.sin(self.phase))
+        phase = _standardize(self.phase)
+        mag = self.magnitude.to(phase.dtype)
+        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
         x = torch.fft.irfft2(spec, s=(self.h, self.w), norm="ortho")
-        flat = x.flatten(1)
-        x = (x - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + STANDARDIZE_EPS)
-        return to_valid(x, True, "sigmoid")
+        return to_valid(_standardize(x), True, "sigmoid")
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per image (horama's `standardize`, per batch element)."""
+    flat = x.flatten(1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    return (x - flat.mean(1).view(shape)) / (flat.std(1).view(shape) + STANDARDIZE_EPS)
 
 
 LOGIT_EPS = 1e-3  # pixels are clamped to [ε, 1 − ε] before the logit, so a seed photo is reproduced to within ε
