@@ -46,7 +46,7 @@ def machine() -> dict[str, object]:
 
 
 def save(name: str, data: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path

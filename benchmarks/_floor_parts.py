@@ -145,6 +145,8 @@ def profile_families(clf, batch: int = 8, size: int = 224, steps: int = 3) -> di
     from torch.profiler import ProfilerActivity, profile
 
     x = torch.rand(batch, 3, size, size, device=clf.device)
+    cuda = x.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     with frozen(clf):
         def step():
             xx = x.clone().requires_grad_(True)
@@ -152,15 +154,21 @@ def profile_families(clf, batch: int = 8, size: int = 224, steps: int = 3) -> di
 
         step()
         step()
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with profile(activities=activities, record_shapes=True) as prof:
             for _ in range(steps):
                 step()
+            if cuda:
+                torch.cuda.synchronize()
+
+    def own_ms(e) -> float:  # an operator's own time: on a GPU, the kernels it launched itself
+        return (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3 / steps
+
     ms: dict[str, float] = defaultdict(float)
     for e in prof.key_averages(group_by_input_shape=True):
-        ms[_family(e.key, e.input_shapes or [])] += e.self_cpu_time_total / 1e3 / steps
-    total = sum(ms.values())
+        ms[_family(e.key, e.input_shapes or [])] += own_ms(e)
+    total = sum(ms.values()) or 1.0
     fams = {f: {"ms": ms.get(f, 0.0), "share": ms.get(f, 0.0) / total} for f in FAMILIES}
-    top = sorted(((e.self_cpu_time_total / 1e3 / steps, e.key) for e in prof.key_averages()), reverse=True)[:12]
+    top = sorted(((own_ms(e), e.key) for e in prof.key_averages()), reverse=True)[:12]
     return {"batch": batch, "size": size, "ms_per_step": total, "families": fams,
             "top_ops": [{"op": k, "ms": v} for v, k in top], "threads": torch.get_num_threads(),
             "pid": os.getpid()}

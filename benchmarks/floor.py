@@ -33,7 +33,7 @@ from _floor_parts import accuracy, load_avg, profile_families, relu6_flips
 import featvis as fv
 from featvis.models import fast, frozen
 
-from _common import floor_step, machine, median_time, save
+from _common import RESULTS, floor_step, machine, median_time, save
 
 FastOptions = fast.FastOptions
 
@@ -267,7 +267,11 @@ def main() -> None:
         data["allocator"] = allocator_effect()
     data["load_end"] = load_avg()
     _print(data)
-    print(f"\nsaved {save('floor' if args.device == 'cpu' else f'floor-{args.device}', data)}")
+    name = "floor"
+    if args.device != "cpu":  # beside the other benchmarks' results on that device (benchmarks/on_device.py)
+        (RESULTS / torch.device(args.device).type).mkdir(parents=True, exist_ok=True)
+        name = f"{torch.device(args.device).type}/floor"
+    print(f"\nsaved {save(name, data)}")
 
 
 def _print(data: dict) -> None:
@@ -299,7 +303,9 @@ def _print(data: dict) -> None:
     print(f"\nReLU6 corners flipped by the default's rounding: {f['flipped']} of {f['pre_activations']} "
           f"pre-activations; maps' error vs float64: eager {f['eager_vs_fp64']:.2e}, default {f['fast_vs_fp64']:.2e} "
           f"(mean relative)")
-    print("\nwhere the default's time goes (batch 8, 224 px, self CPU time by operator family)")
+    prof = data["profile"]
+    print(f"\nwhere the default's time goes (batch {prof['batch']}, {prof['size']} px, self CPU time by operator "
+          f"family, {prof['ms_per_step']:.0f} ms per step)")
     for fam, share in data["profile"]["families"].items():
         print(f"  {fam:28s} {share['ms']:8.1f} ms  {100 * share['share']:5.1f}%")
     if "allocator" in data:

@@ -332,6 +332,46 @@ def _probe(model: nn.Module, side: int) -> list[LayerInfo]:
     return infos
 
 
+@dataclass(frozen=True)
+class Call:
+    """One call of a submodule during `trace_calls`: its first input tensor and its output."""
+
+    name: str
+    module: nn.Module
+    input: torch.Tensor | None
+    output: object
+
+
+def trace_calls(model: nn.Module, images: torch.Tensor, types: tuple[type, ...] = (nn.Module,)
+                ) -> tuple[list[Call], object]:
+    """Run `model(images)` once, as it is (mode and gradient mode untouched), recording every call of a
+    submodule of the given types in the order the calls finished. The hooks are removed on return.
+
+    Used by `featvis.models.fast` to find which BatchNorm reads which convolution's output.
+
+    Returns:
+        (the calls, the model's output).
+    """
+    calls: list[Call] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            calls.append(Call(name, module, _first_tensor(inputs), output))
+
+        return hook
+
+    try:
+        for name, module in root(model).named_modules():
+            if name and isinstance(module, types):
+                handles.append(module.register_forward_hook(make_hook(name)))
+        out = model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls, out
+
+
 def default_layer(model: nn.Module) -> str:
     """The layer Grad-CAM explains by default.
 

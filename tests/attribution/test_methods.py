@@ -11,6 +11,15 @@ from _reference import finite_difference_saliency
 captum = pytest.importorskip("captum.attr")
 
 
+@pytest.fixture(autouse=True)
+def eager(clf):
+    """Captum calls the model with trainable parameters, so it runs the user's network; compare like with like.
+    The fast copy (BN folded, channels-last) is checked against the user's network in tests/models/test_fast.py."""
+    clf.fast = False
+    yield
+    clf.fast = True
+
+
 @pytest.fixture(scope="module")
 def batch(photos):
     return torch.cat([photos["chelsea"], photos["coffee"]])

@@ -129,7 +129,7 @@ def test_body_cap_applies_before_and_while_streaming():
 
 
 def test_finished_jobs_are_capped_in_number(clf):
-    queue = JobQueue(max_finished=3)
+    queue = JobQueue(capacity=6, max_finished=3)  # all six queued at once, however slow the worker
     try:
         jobs = [queue.submit("noop", lambda job: None) for _ in range(6)]
         deadline = time.time() + 30

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from featvis.errors import FeatvisError
+from featvis.models.fast import FastOptions, fast_logits
 from featvis.models.labels import Labels, imagenet_labels
 from featvis.models.source import ModelSource
 
@@ -74,6 +75,9 @@ class Classifier(nn.Module):
         # How `load_model` made it (None for `wrap`): what a worker process needs to rebuild it (models.rebuild).
         self.source: ModelSource | None = None
         self._weights_hash: str | None = None
+        # Run a fast inference copy of `net` (BatchNorm folded, channels-last) when nothing can tell the difference;
+        # False: always the user's network. A `FastOptions` opts into more (models/fast.py, issue 17).
+        self.fast: bool | FastOptions = True
         self.eval()
 
     @classmethod
@@ -118,7 +122,9 @@ class Classifier(nn.Module):
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(images))
+        normalized = self.normalize(images)
+        logits = fast_logits(self, normalized)  # None: hooks, train mode, weight gradients or tiny nets: run net
+        return self.net(normalized) if logits is None else logits
 
     @property
     def weights_hash(self) -> str:
