@@ -17,6 +17,7 @@ import torch
 import featvis as fv
 from featvis.adversarial import ATTACKS
 from featvis.attribution import ATTRIBUTIONS
+from featvis.models import frozen
 
 from _cases import Built
 
@@ -112,9 +113,10 @@ def test_attack(built: Built, attack, hygiene):
     assert res.success.tolist() == fooled.tolist()  # what the result says is what the model does on the PNG
     if attack == "fgsm":  # one step: not bound to flip a random net; it must be exactly x + ε·sign(∇CE), 8-bit
         xg = x.clone().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(clf.eval()(xg), original, reduction="sum")
+        with frozen(clf):  # as the attack runs it (frozen parameters: the same network, so the same rounding)
+            loss = torch.nn.functional.cross_entropy(clf.eval()(xg), original, reduction="sum")
+            step = torch.autograd.grad(loss, xg)[0].sign()
         clf.train()
-        step = torch.autograd.grad(loss, xg)[0].sign()
         expected = fv.quantize((x + options.get("eps", spec.options["eps"].default) * step).clamp(0, 1))
         assert (res.images == expected).float().mean() > 0.999
     else:

@@ -164,10 +164,31 @@ def test_adapter_exact(built: Built):
         handle.remove()
     score = logits.gather(1, target[:, None]).sum()
     grad_x, grad_act = torch.autograd.grad(score, [xg, store["act"]])
+    clf.fast = False  # the adapter itself, exactly: the user's network (the fast copy is checked below)
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(clf(x), logits.detach(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fv.saliency(clf, x, target, method="gradient"), grad_x.abs().amax(1),
+                                   rtol=1e-3, atol=1e-6)
+    finally:
+        clf.fast = True
+    # issue 17: the fast copy (BN folded, channels-last) gives the same predictions, and maps as close to the exact
+    # (float64) map as the user's network in float32 is: these networks carry drawn weights, whose gradients are
+    # chaotic enough that float32 rounding alone moves them by more than 1e-3 (mean relative)
     with torch.no_grad():
-        torch.testing.assert_close(clf(x), logits.detach(), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fv.saliency(clf, x, target, method="gradient"), grad_x.abs().amax(1),
-                               rtol=1e-3, atol=1e-6)
+        assert torch.equal(clf(x).argmax(-1), logits.argmax(-1))
+    x64 = x.double().requires_grad_(True)
+    net64 = net.double()
+    score64 = net64((x64 - mean.double()) / std.double()).gather(1, target[:, None]).sum()
+    exact = torch.autograd.grad(score64, x64)[0].abs().amax(1).float()
+    net.float()
+
+    def error(m: torch.Tensor) -> float:
+        return float((m - exact).abs().mean() / exact.abs().mean())
+
+    fast_error, eager_error = error(fv.saliency(clf, x, target, method="gradient")), error(grad_x.abs().amax(1))
+    print(f"{case.name}: map error vs float64, fast {fast_error:.2e}, user's network {eager_error:.2e}")
+    assert fast_error <= max(1e-3, 2 * eager_error)
     act, grad = store["act"].detach(), grad_act
     if act.ndim == 3:
         act, grad = _patch_tokens(case, net, act), _patch_tokens(case, net, grad)
