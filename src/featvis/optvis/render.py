@@ -20,7 +20,7 @@ from torch import nn
 from featvis._progress import report
 from featvis._types import Result
 from featvis.errors import FeatvisError
-from featvis.layers import capture, find_layer, forward_until
+from featvis.layers import capture, find_layer, forward_until, token_layout
 from featvis.models.classifier import frozen
 from featvis.optvis.objectives import LOGITS, Context, Objective
 from featvis.optvis.param import Seed
@@ -83,6 +83,15 @@ def evaluate(clf, objective: Objective, images: torch.Tensor, seen: torch.Tensor
     return scores.view(views, b).mean(0) if views > 1 else scores
 
 
+def fixed_input_side(clf: nn.Module) -> int | None:
+    """The one image side a model accepts (a transformer with a fixed patch grid), or None when any side goes."""
+    layout = token_layout(clf)
+    if layout is None or layout.grid is None:
+        return None
+    side = getattr(clf, "input_size", None)
+    return int(side) if isinstance(side, int) else None
+
+
 def per_image_seeds(seed: Seed, batch: int) -> list[int]:
     """`seed + i` for image i, or the given per-image seeds (checked against the batch)."""
     if isinstance(seed, (int,)) or (isinstance(seed, torch.Tensor) and seed.ndim == 0):
@@ -128,7 +137,8 @@ def render_steps(clf, objective: Objective, *, param: nn.Module | None = None, s
         optimizer: "adam" or "nadam" (on the parameters, rate `lr`), or "normalized" (the lab's lr · g / ‖g‖).
         seed: an int (image i uses seed + i) or one seed per image; seeds the start and every random transform,
             so the same seed gives the same image on CPU, whatever batch the image is in.
-        model_size: resize what the model sees to this side (default: leave the size as it is).
+        model_size: resize what the model sees to this side (default: the model's input size when it accepts only
+            that one, as vision transformers with a fixed patch grid do; otherwise leave the size as it is).
         views: transformed views of each image the model sees per step (the objective is averaged over them).
         penalty: an objective added to `objective` (a regularizer, already signed to be maximized).
         post_step: (every k, fn(param, step)) operations after a step, e.g. the lab's periodic blur and clamp.
@@ -142,6 +152,8 @@ def render_steps(clf, objective: Objective, *, param: nn.Module | None = None, s
         param = default_param(size, batch, seed=per_image_seeds(seed, batch))
     param = param.to(clf.device)
     chain = compose(fixed_size_transforms() if transforms is None else list(transforms))
+    if model_size is None:
+        model_size = fixed_input_side(clf)
     params = [p for p in param.parameters() if p.requires_grad]
     opt = None
     if optimizer == "adam":
