@@ -40,3 +40,15 @@ def test_outputs_follow_the_umask(tmp_path, capsys):
     json.loads(capsys.readouterr().out)
     for f in ("manifest.json", "results.json"):
         assert stat.S_IMODE((tmp_path / f).stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_help_shows_metavars_not_python_types(capsys):
+    """Issue 11: `--help` showed argument types as `<list[Path]>` / `<list[str]>`."""
+    from featvis.cli import app, main
+
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert len(names) >= 15
+    for name in names:
+        assert main([name, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("Usage:") and "<list[" not in text and "...]..." not in text, name

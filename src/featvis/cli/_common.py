@@ -27,6 +27,15 @@ from rich.table import Table
 from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
 
+def _argument_type(self, ctx) -> str | None:
+    """An argument's help shows its metavar ("INPUTS...") and no Python type ("<list[str]>") beside it."""
+    return None if self.metavar else _typer_argument_type(self, ctx)
+
+
+# typer prints "<list[str]>" beside every argument; ours all have metavars that say more
+_typer_argument_type = typer.core.TyperArgument.display_type_rich
+typer.core.TyperArgument.display_type_rich = _argument_type
+
 app = typer.Typer(
     name="featvis",
     help="See what a pretrained image classifier sees, how easily it is fooled, and what it has learned.",

@@ -67,7 +67,7 @@ def demo(
 @app.command()
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (from any featvis command's -o).",
-                                               show_default=False, metavar="RUN_DIRS...")],
+                                               show_default=False, metavar="RUN_DIRS")],
     output: Annotated[Path, typer.Option("--output", "-o", help="An .html file or a folder for index.html.",
                                          metavar="PATH")] = Path("featvis-report"),
     title: Annotated[str, typer.Option(help="Page title.", metavar="TEXT")] = "featvis report",

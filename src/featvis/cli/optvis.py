@@ -43,7 +43,7 @@ StepsOpt = Annotated[int | None, typer.Option(min=0, help="Optimization steps (d
 @task_command(output="featvis-classvis", inputs=False)
 def classvis(
     classes: Annotated[list[str] | None, typer.Argument(help="Class names or indices.", show_default=False,
-                                                        metavar="CLASSES...")] = None,
+                                                        metavar="CLASSES")] = None,
     all_classes: Annotated[bool, typer.Option("--all-classes", help="Every class of the model.")] = False,
     preset: PresetOpt = "lucid",
     steps: StepsOpt = None,
