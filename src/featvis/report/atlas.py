@@ -49,17 +49,20 @@ def build_atlas(out: Path, vis, examples=None, weight_classes: dict[int, list[di
             if ex["top"]:
                 unit["stats"]["reached ÷ top example"] = r["score"] / ex["top"][0]["value"] \
                     if ex["top"][0]["value"] else None
+            shown = set()
             for kind, key in (("top", "top"), ("bottom", "bottom")):
+                # a data set smaller than top-k + bottom-k has images in both lists: each is shown once, at the top
                 unit[key] = [{"patch": _rel(examples.file(e["patch"]), out), "value": e["value"],
                               "input": e["input"], "name": Path(e["input"]).name if e["input"] else ""}
-                             for e in ex[kind] if e.get("patch")]
+                             for e in ex[kind] if e.get("patch") and (e["input"], e["value"]) not in shown]
+                shown |= {(e["input"], e["value"]) for e in ex[kind]}
         if weight_classes is not None and value in weight_classes:
             unit["classes"] = [{"name": c["name"], "value": c["weight"]} for c in weight_classes[value]]
         elif ex is not None:
             unit["classes"] = [{"name": c["name"], "value": c["count"]} for c in ex["classes_of_top"]]
         units.append(unit)
     classes_by = "weight into the logit" if weight_classes is not None else \
-        "predictions on the top examples" if examples is not None else "–"
+        "how many of the top examples the model calls it" if examples is not None else "–"
     what = f"classes ({len(units)})" if vis.task == "classvis" else \
         f"{vis.params.get('layer')}: {len(units)} channels"
     data = {"units": units, "classes_by": classes_by}
