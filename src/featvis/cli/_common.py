@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
+
 
 def _argument_type(self, ctx) -> str | None:
     """An argument's help shows its metavar ("INPUTS...") and no Python type ("<list[str]>") beside it."""
