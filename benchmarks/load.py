@@ -14,31 +14,12 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _http import get, post
+
 from _common import machine, save
-
-BOUNDARY = "featvisload"
-
-
-def post(url: str, fields: dict) -> tuple[int, dict]:
-    body = "".join(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
-                   for k, v in fields.items())
-    body += f"--{BOUNDARY}--\r\n"
-    req = urllib.request.Request(url, body.encode(), {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, {}
-
-
-def get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def rss_mb(pid: int) -> float:

@@ -7,17 +7,16 @@ classify. Before the fix, 4 of 4 jobs failed and classify answered 500; now one 
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _http
+
 from _common import save
 
 
@@ -28,21 +27,11 @@ def free_port() -> int:
 
 
 def post(url: str, fields: dict[str, str]) -> tuple[int, dict]:
-    boundary = uuid.uuid4().hex
-    body = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
-                   for k, v in fields.items()) + f"--{boundary}--\r\n"
-    req = urllib.request.Request(url, data=body.encode(), method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(req, timeout=300) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, {}
+    return _http.post(url, fields, timeout=300)
 
 
 def get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=60) as r:
-        return json.loads(r.read())
+    return _http.get(url, timeout=60)
 
 
 def main() -> None:
