@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,7 +36,7 @@ METHODS = {
     "smoothgrad": {"samples": 10}, "smoothgrad-sq": {"samples": 10}, "vargrad": {"samples": 10},  # [50]
     "integrated-gradients": {"steps": 16},  # [50]
     "expected-gradients": {"samples": 16},  # references: the other photos
-    "rise": {"masks": 300},  # [4000]
+    "rise": {"masks": 1000},  # [4000]
     "scorecam": {"layer": "_blocks.15"},  # 320 channels instead of _bn1's 1280 (4× fewer forwards)
 }
 CORE = ("deletion", "insertion", "road-morf", "road-lerf", "road-gap", "infidelity", "sparseness", "seconds")
@@ -107,6 +108,9 @@ def main() -> None:
     ap.add_argument("--ratios-only", action="store_true", help="recompute the cost ratios into the existing JSON")
     ap.add_argument("--methods", default="", help="comma-separated subset, saved to evaluate-<first>.json "
                     "without the random baseline (for a second process); --merge folds it in")
+    ap.add_argument("--dataset", type=Path, default=None,
+                    help="a folder of images instead of the bundled photos (e.g. out/evalset: benchmarks/evalset.py)")
+    ap.add_argument("--chunk", type=int, default=8, help="images per evaluate_batch call")
     ap.add_argument("--merge", default="", help="fold evaluate-<NAME>.json's records into evaluate.json")
     args = ap.parse_args()
     if args.merge:
@@ -114,8 +118,13 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     clf = fv.load_model()
-    names = fv.samples.names()
-    photos = torch.cat([fv.samples.load(n, clf) for n in names])
+    if args.dataset:
+        files = sorted(p for p in args.dataset.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        names = [p.stem for p in files]
+        photos = fv.load_images(files, clf)
+    else:
+        names = fv.samples.names()
+        photos = torch.cat([fv.samples.load(n, clf) for n in names])
     if args.ratios_only:
         import json
 
@@ -145,7 +154,8 @@ def main() -> None:
     settings = {"methods": methods, "pixels_per_step": args.steps_pixels, "road_fractions": ROAD_FRACTIONS,
                 "max_sensitivity_samples": SENS_SAMPLES, "infidelity_samples": INFIDELITY_SAMPLES,
                 "max_sensitivity_for": sorted(SENSITIVITY), "emprt_for": sorted(EMPRT),
-                "randomization_for": sorted(RANDOMIZATION), "photos": names, "targets": targets.tolist(),
+                "randomization_for": sorted(RANDOMIZATION), "photos": names,
+                "dataset": str(args.dataset or "bundled photos"), "targets": targets.tolist(),
                 "score": "softmax probability of the predicted class (all curve metrics)"}
     records = [{"index": i, "target": int(targets[i]), "scores": {}, "seconds": {}, "curves": {}}
                for i in range(len(names))]
@@ -158,8 +168,13 @@ def main() -> None:
 
     def run(name, metrics, opts, rb=False):
         t0 = time.perf_counter()
-        merge(evaluate_batch(clf, photos, targets, [name] if name != RANDOM else [], metrics, seed=seeds,
-                             method_options={name: opts}, metric_options=metric_options, random_baseline=rb))
+        new = []
+        for i in range(0, len(names), args.chunk):  # expected-gradients' references: the chunk's other images
+            new += evaluate_batch(clf, photos[i:i + args.chunk], targets[i:i + args.chunk],
+                                  [name] if name != RANDOM else [], metrics, seed=seeds[i:i + args.chunk],
+                                  method_options={name: opts},
+                                  metric_options=metric_options, random_baseline=rb)
+        merge(new)
         print(f"{name:22s} {time.perf_counter() - t0:7.1f} s", flush=True)
 
     out_name = f"evaluate-{part[0]}" if part else "evaluate"

@@ -31,6 +31,16 @@ def test_saliency_command_writes_maps_figures_metrics_and_manifest(capsys, tmp_p
     assert json.loads(capsys.readouterr().out)["counts"]["skipped"] == 1
 
 
+def test_no_figures_writes_maps_records_and_a_report_without_figures(capsys, tmp_path, clf):
+    img = str(fv.samples.path("chelsea"))
+    code = main(["saliency", img, "-o", str(tmp_path), "--no-figures", "--json"])
+    rec = json.loads(capsys.readouterr().out)["items"][0]
+    assert code == 0 and rec["target"] == 282 and "figure" not in rec  # tiger cat
+    assert not (tmp_path / "figures").exists() and np.load(tmp_path / rec["maps"]["gradient"]).shape == (224, 224)
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
+    assert "Saliency maps" in (tmp_path / "r.html").read_text()
+
+
 def test_saliency_target_by_name_and_unknown_method(capsys, tmp_path):
     img = str(fv.samples.path("chelsea"))
     code = main(["saliency", img, "--target", "Egyptian cat", "-o", str(tmp_path / "a"), "--json"])

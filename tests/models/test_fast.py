@@ -171,6 +171,33 @@ def _capture(clf, x):
     return cap.act(), cap.grad(), grads
 
 
+@pytest.mark.parametrize(("layer", "on_copy"), [("bn0", True), ("blocks.1.bn_dw", True), ("act", True),
+                                               ("fc", True), ("blocks.2.pw", False)])
+def test_tap_records_the_layer_on_the_fast_path_as_capture_does(layer, on_copy):
+    """tap() gives what capture(detach=True) gives, one tensor per call, without turning the fast path off; a conv
+    whose BatchNorm is folded (blocks.2.pw) is served by the user's network instead."""
+    clf = _wrap(ConvBNStack())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        with fast.tap(clf, layer) as seen:
+            logits = clf(x)
+        with capture(clf, layer, detach=True) as cap:
+            want_logits = clf(x)
+    want = cap.calls[layer]
+    assert len(seen) == len(want) >= 1
+    for a, b in zip(seen, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)
+    if not on_copy:
+        assert all(torch.equal(a, b) for a, b in zip(seen, want, strict=True))  # the user's network ran
+    elif seen[0].dim() == 4:  # the copy ran: its activations are channels-last, the user's network's are not
+        assert seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+    assert fast.status(clf)["active"] and _hooks(clf.net) == 0
+    with torch.no_grad(), fast.tap(clf, layer) as seen:  # on the fast path the copy's module recorded it
+        clf(x[:1])
+    assert len(seen) == len(want) and seen[0].shape[0] == 1
+
+
 def test_user_hook_train_mode_and_weight_gradients_run_the_users_network():
     net = ConvBNStack()
     clf = _wrap(net)

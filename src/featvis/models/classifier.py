@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from featvis.errors import FeatvisError
-from featvis.models.fast import FastOptions, fast_logits
+from featvis.models.fast import FastOptions, fast_logits, user_logits
 from featvis.models.labels import Labels, imagenet_labels
 from featvis.models.source import ModelSource
 
@@ -124,7 +124,7 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         normalized = self.normalize(images)
         logits = fast_logits(self, normalized)  # None: hooks, train mode, weight gradients or tiny nets: run net
-        return self.net(normalized) if logits is None else logits
+        return user_logits(self, normalized) if logits is None else logits
 
     @property
     def weights_hash(self) -> str:

@@ -25,10 +25,13 @@ GPU path is `FEATVIS_FAST=bf16,compile` (benchmarks/gpu.sh).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +113,7 @@ class _Entry:
     containers: tuple = ()  # (user's container, ids of its attributes) for each container the copy duplicated
     root_ids: tuple = ()  # ids of the root's attributes (the root itself is the cache's key: not kept here)
     builds: int = 1
+    folded_convs: frozenset = frozenset()  # names of the convs whose output in the copy is their BatchNorm's
     calls: dict = field(default_factory=dict)  # (shape, dtype, device, grad mode) → calls, for `compile`
     compiled: object = None  # torch.compile(net), made at the first hot shape; False after a failed compile
 
@@ -187,7 +191,70 @@ def fast_logits(clf: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in entry.trainable):
         return None
-    return entry(x)
+    tap = getattr(_TAPS, "active", None)
+    if tap is None or tap[0] is not net:
+        return entry(x)
+    if tap[1] in entry.folded_convs:  # its output differs in the copy (BatchNorm applied): the user's network runs
+        return None
+    with _tapping(entry.net, tap):
+        return entry(x)
+
+
+def user_logits(clf: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The user's network on normalized `x` (when `fast_logits` said None), serving an active `tap` with a hook."""
+    tap = getattr(_TAPS, "active", None)
+    if tap is None or tap[0] is not clf.net:
+        return clf.net(x)
+    with _tapping(clf.net, tap):
+        return clf.net(x)
+
+
+_TAPS = threading.local()
+
+
+@contextlib.contextmanager
+def _tapping(net: nn.Module, tap: tuple) -> Iterator[None]:
+    module, sink = _named(net).get(tap[1]), tap[2]
+    if module is None:
+        yield
+        return
+    handle = module.register_forward_hook(lambda _m, _i, out: sink.append(
+        (out if isinstance(out, torch.Tensor) else out[0]).detach().clone()))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def tap(clf: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
+    """While the block runs, each forward of `clf` records the detached output of its layer `layer` (the user's name)
+    into the yielded list, one tensor per call of the layer, like `featvis.capture(detach=True)` but without turning
+    the fast path off as a hook on the user's network does. The copy's module runs where it computes the same
+    output; a convolution whose BatchNorm was folded into it does not, so for one of those the user's network runs.
+
+    Example (the layer's activations and the logits from one fast forward):
+        >>> with tap(clf, "blocks.8") as seen:
+        ...     logits = clf(x)
+        >>> acts = seen[0]
+    """
+    sink: list[torch.Tensor] = []
+    before = getattr(_TAPS, "active", None)
+    _TAPS.active = (clf.net, layer, sink)
+    try:
+        yield sink
+    finally:
+        _TAPS.active = before
+
+
+_NAMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _named(net: nn.Module) -> dict[str, nn.Module]:
+    named = _NAMED.get(net)
+    if named is None:
+        named = _NAMED[net] = dict(net.named_modules())
+    return named
 
 
 def refresh(clf: nn.Module) -> None:
@@ -258,7 +325,7 @@ def _build(net: nn.Module, x: torch.Tensor, opts: FastOptions, modules: list) ->
         trainable += [p for p in (*mods[conv_name].parameters(), *mods[bn_name].parameters())]
     snapshots = tuple((mods[n], tuple(map(id, mods[n].__dict__.values()))) for n in containers if n)
     return _Entry(copy, opts, len(pairs), modules, tuple(watched), tuple(trainable), snapshots,
-                  tuple(map(id, net.__dict__.values())))
+                  tuple(map(id, net.__dict__.values())), folded_convs=frozenset(c for c, _ in pairs))
 
 
 def _plan(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str]] | None:

@@ -85,16 +85,17 @@ class ExamplesTask(Task):
         self._channels(clf)
 
     def run(self, clf, batch: Batch) -> list[Output]:
-        from featvis.layers import capture, forward_until, to_spatial
+        from featvis.layers import forward_until, to_spatial
         from featvis.models.classifier import frozen
+        from featvis.models.fast import tap
 
         name, chans, _ = self._channels(clf)
         predicted = None
         with torch.no_grad(), frozen(clf):
             if self.params.classes:  # one full forward gives the activations and the model's prediction
-                with capture(clf, name, detach=True) as cap:
+                with tap(clf, name) as seen:  # stays on the fast path, where capture's hook would turn it off
                     predicted = clf(batch.images).argmax(-1)
-                acts = to_spatial(cap.calls[name][0], clf)
+                acts = to_spatial(seen[0], clf)
             else:  # the layer only: later layers never run
                 acts = forward_until(clf, batch.images, name)  # [B, C, H, W] or [B, C]
         acts = acts[:, chans].float()

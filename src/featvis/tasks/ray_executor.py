@@ -164,6 +164,11 @@ class RayExecutor:
                     if isinstance(cause, FeatvisError):
                         raise cause from None
                     raise
+                except ray.exceptions.RayActorError as e:  # restarts used up, or the worker could not start at all
+                    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+                    raise FeatvisError(
+                        f"a Ray worker died and was not restarted ({first[:200]}); finished batches are kept: "
+                        f"rerun the command to resume (worker logs: `ray logs` on the cluster)") from None
         finally:
             for ref in pending:
                 ray.cancel(ref, force=False)

@@ -76,6 +76,9 @@ class SaliencyParams:
     metric_steps: int | None = None
     shared_scale: bool = False
     overlays: bool = False  # also write each map as a heatmap PNG and an overlay PNG (the web page shows them)
+    # A matplotlib figure per image costs ~0.4 s (more than a gradient map): off for data sets of thousands, where the
+    # maps (.npy), the records and the summary are what is read.
+    figures: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -135,19 +138,20 @@ class SaliencyTask(ClassTarget, Task):
             title = f"{clf.labels[t]} ({t}) p={probs[i, t]:.3f}"
             scores = {n: f"del {curves[n][0].auc[i]:.3f} · ins {curves[n][1].auc[i]:.3f}" for n in p.methods} \
                 if p.metrics else None
-            if len(p.methods) == 1:
-                fig = saliency_panels(x[i:i + 1], maps[p.methods[0]][i:i + 1], [title], method=p.methods[0],
-                                      shared_scale=p.shared_scale)
-            else:
-                fig = compare_methods(x[i], {n: maps[n][i] for n in p.methods}, title, shared_scale=p.shared_scale,
-                                      scores=scores)
             arts = {f"maps/{item.key}/{n}.npy": npy_bytes(maps[n][i]) for n in p.methods}
-            arts[f"figures/{item.key}.png"] = figure_png(fig, dpi=110)
             rec: dict[str, Any] = {"target": t, "target_name": clf.labels[t], "prob": float(probs[i, t]),
                                    "predicted": pred, "predicted_name": clf.labels[pred],
-                                   "figure": f"figures/{item.key}.png",
                                    "maps": {n: f"maps/{item.key}/{n}.npy" for n in p.methods},
                                    "seconds": {n: round(s, 5) for n, s in seconds.items()}}
+            if p.figures:
+                if len(p.methods) == 1:
+                    fig = saliency_panels(x[i:i + 1], maps[p.methods[0]][i:i + 1], [title], method=p.methods[0],
+                                          shared_scale=p.shared_scale)
+                else:
+                    fig = compare_methods(x[i], {n: maps[n][i] for n in p.methods}, title,
+                                          shared_scale=p.shared_scale, scores=scores)
+                rec["figure"] = f"figures/{item.key}.png"
+                arts[rec["figure"]] = figure_png(fig, dpi=110)
             if item.label is not None:
                 rec["correct"] = pred == item.label
             if p.overlays:
@@ -194,8 +198,9 @@ class SaliencyTask(ClassTarget, Task):
                     "blurred image and should restore it (higher is better). A uniform-random map is the baseline to "
                     "beat.")
         for r in run.items:
-            s.figures.append((r["figure"], f"{short_name(r.get('input'))}: explaining {r['target_name']} "
-                                           f"(p={r['prob']:.3f})"))
+            if "figure" in r:  # not with figures=False (--no-figures)
+                s.figures.append((r["figure"], f"{short_name(r.get('input'))}: explaining {r['target_name']} "
+                                               f"(p={r['prob']:.3f})"))
         if "mean_auc" in res:
             s.tables.append(Table("mean AUC over the images", ["method", "deletion AUC ↓", "insertion AUC ↑"],
                                   [[k, v["deletion"], v["insertion"]] for k, v in res["mean_auc"].items()]))
