@@ -218,29 +218,42 @@ def _tapping(net: nn.Module, tap: tuple) -> Iterator[None]:
     if module is None:
         yield
         return
-    handle = module.register_forward_hook(lambda _m, _i, out: sink.append(
-        (out if isinstance(out, torch.Tensor) else out[0]).detach().clone()))
+    stop = tap[3]
+
+    def hook(_module, _inputs, out) -> None:
+        sink.append((out if isinstance(out, torch.Tensor) else out[0]).detach().clone())
+        if stop:
+            raise TapStop
+
+    handle = module.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
 
 
+class TapStop(BaseException):
+    """Raised by a `tap(..., stop=True)` once its layer has run: the rest of the network is skipped."""
+
+
 @contextlib.contextmanager
-def tap(clf: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
+def tap(clf: nn.Module, layer: str, *, stop: bool = False) -> Iterator[list[torch.Tensor]]:
     """While the block runs, each forward of `clf` records the detached output of its layer `layer` (the user's name)
     into the yielded list, one tensor per call of the layer, like `featvis.capture(detach=True)` but without turning
     the fast path off as a hook on the user's network does. The copy's module runs where it computes the same
     output; a convolution whose BatchNorm was folded into it does not, so for one of those the user's network runs.
+    With `stop`, the forward raises `TapStop` right after the layer (later layers never run): catch it.
 
     Example (the layer's activations and the logits from one fast forward):
         >>> with tap(clf, "blocks.8") as seen:
         ...     logits = clf(x)
         >>> acts = seen[0]
+        >>> with tap(clf, "blocks.8", stop=True) as seen, contextlib.suppress(TapStop):
+        ...     clf(x)  # runs only up to blocks.8
     """
     sink: list[torch.Tensor] = []
     before = getattr(_TAPS, "active", None)
-    _TAPS.active = (clf.net, layer, sink)
+    _TAPS.active = (clf.net, layer, sink, stop)
     try:
         yield sink
     finally:

@@ -9,6 +9,7 @@ flat, a resumed run merges what it has, and Ray workers each write their batches
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Mapping
@@ -85,19 +86,20 @@ class ExamplesTask(Task):
         self._channels(clf)
 
     def run(self, clf, batch: Batch) -> list[Output]:
-        from featvis.layers import forward_until, to_spatial
+        from featvis.layers import to_spatial
         from featvis.models.classifier import frozen
-        from featvis.models.fast import tap
+        from featvis.models.fast import TapStop, tap
 
         name, chans, _ = self._channels(clf)
         predicted = None
-        with torch.no_grad(), frozen(clf):
-            if self.params.classes:  # one full forward gives the activations and the model's prediction
-                with tap(clf, name) as seen:  # stays on the fast path, where capture's hook would turn it off
-                    predicted = clf(batch.images).argmax(-1)
-                acts = to_spatial(seen[0], clf)
-            else:  # the layer only: later layers never run
-                acts = forward_until(clf, batch.images, name)  # [B, C, H, W] or [B, C]
+        # One forward on the fast path (a capture hook would turn it off): the whole model for the predicted classes,
+        # else stopped right after the layer.
+        with torch.no_grad(), frozen(clf), tap(clf, name, stop=not self.params.classes) as seen, \
+                contextlib.suppress(TapStop):
+            predicted = clf(batch.images).argmax(-1)
+        if not seen:
+            raise FeatvisError(f"layer {name} did not run in the forward pass; pick a layer the model uses")
+        acts = to_spatial(seen[0], clf)  # [B, C, H, W] or [B, C]
         acts = acts[:, chans].float()
         b = acts.shape[0]
         if acts.ndim == 4:
