@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,29 +64,39 @@ def bare_forward_seconds(clf, images: torch.Tensor, count: int, chunk: int) -> f
     return time.perf_counter() - t0
 
 
+def _paired(metric, bare, repeats: int = 5) -> tuple[float, float, float]:
+    """(metric s, bare s, ratio): the two alternate `repeats` times, so a drift of a shared machine or of the heap hits
+    both; medians, and the median of the per-pair ratios."""
+    ts, fs, rs = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        metric()
+        t = time.perf_counter() - t0
+        f = bare()
+        ts.append(t)
+        fs.append(f)
+        rs.append(t / f)
+    return statistics.median(ts), statistics.median(fs), statistics.median(rs)
+
+
 def ratios(clf, photos: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, pixels: int, chunk: int) -> dict:
-    """Metric time ÷ time of the same number of bare forwards in the same chunks."""
+    """Metric time ÷ time of the same number of bare forwards in the same chunks (median of 5 alternating pairs)."""
     b, _, h, w = photos.shape
-    out = {}
     n = -(-h * w // pixels)
-    t0 = time.perf_counter()
-    curves.deletion(clf, photos, maps, pixels_per_step=pixels, batch_size=chunk)
-    t = time.perf_counter() - t0
-    fwd = bare_forward_seconds(clf, photos, b * (n + 1) + b, chunk)
-    out["deletion"] = {"seconds": t, "forwards": b * (n + 1) + b, "forward_seconds": fwd, "ratio": t / fwd}
-    t0 = time.perf_counter()
-    road(clf, photos, maps, fractions=ROAD_FRACTIONS, batch_size=chunk)
-    t = time.perf_counter() - t0
-    count = b * 2 * len(ROAD_FRACTIONS) + b
-    fwd = bare_forward_seconds(clf, photos, count, chunk)
-    out["road"] = {"seconds": t, "forwards": count, "forward_seconds": fwd, "ratio": t / fwd,
-                   "note": "the rest is the imputation's linear solve, not model calls"}
-    t0 = time.perf_counter()
-    infidelity(clf, photos, maps, targets, samples=INFIDELITY_SAMPLES, batch_size=chunk)
-    t = time.perf_counter() - t0
-    count = b * INFIDELITY_SAMPLES + b
-    fwd = bare_forward_seconds(clf, photos, count, chunk)
-    out["infidelity"] = {"seconds": t, "forwards": count, "forward_seconds": fwd, "ratio": t / fwd}
+    cases = {
+        "deletion": (lambda: curves.deletion(clf, photos, maps, pixels_per_step=pixels, batch_size=chunk),
+                     b * (n + 1) + b, None),
+        "road": (lambda: road(clf, photos, maps, fractions=ROAD_FRACTIONS, batch_size=chunk),
+                 b * 2 * len(ROAD_FRACTIONS) + b, "the rest is the imputation's linear solve, not model calls"),
+        "infidelity": (lambda: infidelity(clf, photos, maps, targets, samples=INFIDELITY_SAMPLES, batch_size=chunk),
+                       b * INFIDELITY_SAMPLES + b, None),
+    }
+    out = {}
+    for name, (run, count, note) in cases.items():
+        t, fwd, ratio = _paired(run, lambda count=count: bare_forward_seconds(clf, photos, count, chunk))
+        out[name] = {"seconds": t, "forwards": count, "forward_seconds": fwd, "ratio": ratio}
+        if note:
+            out[name]["note"] = note
     return out
 
 
@@ -111,13 +122,19 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, default=None,
                     help="a folder of images instead of the bundled photos (e.g. out/evalset: benchmarks/evalset.py)")
     ap.add_argument("--chunk", type=int, default=8, help="images per evaluate_batch call")
+    ap.add_argument("--executors", action="store_true",
+                    help="time `fv.evaluate` over --dataset locally (2 threads) and with Ray (1x2, 2x1 workers)")
     ap.add_argument("--merge", default="", help="fold evaluate-<NAME>.json's records into evaluate.json")
     args = ap.parse_args()
     if args.merge:
         merge_into_main(args.merge)
         return
+    fv.tune_allocator()  # as the CLI does: freed activations stay in the heap (see featvis/_alloc.py)
     torch.set_num_threads(2)
     clf = fv.load_model()
+    if args.executors:
+        executor_cost(clf, args.dataset or Path(fv.samples.path("chelsea")).parent)
+        return
     if args.dataset:
         files = sorted(p for p in args.dataset.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         names = [p.stem for p in files]
@@ -199,6 +216,53 @@ def main() -> None:
     grad_maps = fv.attribution.saliency(clf, photos, targets)
     data["ratios"] = ratios(clf, photos, grad_maps, targets, args.steps_pixels, 32)
     data["road_tolerance"] = road_tolerance_effect(clf, photos[:2], grad_maps[:2])
+    save("evaluate", data)
+
+
+# The executor comparison's run: the methods × metrics a user would start with, paper-sized options where cheap.
+EXEC_METHODS = ("gradient", "gradcam", "smoothgrad", "integrated-gradients", "rise")
+EXEC_OPTIONS = {"smoothgrad.samples": 10, "integrated-gradients.steps": 16, "rise.masks": 500,
+                "curves.pixels_per_step": 224 * 16}
+
+
+def executor_cost(clf, dataset: Path) -> None:
+    """Seconds per image per method (all default metrics) through the tasks layer: local vs Ray at equal cores."""
+    import json
+    import shutil
+    import tempfile
+
+    import ray
+
+    from featvis.tasks.ray_executor import RayExecutor
+
+    from _common import RESULTS
+
+    root = Path(tempfile.mkdtemp(prefix="featvis-evalcost-"))
+    runs = {}
+
+    def one(name, executor):
+        t0 = time.perf_counter()
+        res = fv.evaluate(clf, [str(dataset)], methods=EXEC_METHODS, out=root / name, executor=executor,
+                          options=EXEC_OPTIONS, batch_size=4)
+        seconds = time.perf_counter() - t0
+        n = len(res.records) if hasattr(res, "records") else None
+        runs[name] = {"seconds": round(seconds, 1), "images": n,
+                      "seconds_per_image_per_method": round(seconds / n / len(EXEC_METHODS), 2) if n else None}
+        print(name, runs[name], flush=True)
+
+    one("local", "local")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        one("ray-1x2", RayExecutor(workers=1, cpus_per_worker=2))
+        one("ray-2x1", RayExecutor(workers=2, cpus_per_worker=1))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    data = json.loads((RESULTS / "evaluate.json").read_text()) if (RESULTS / "evaluate.json").exists() else {}
+    data["executor_cost"] = {"dataset": str(dataset), "methods": EXEC_METHODS, "options": EXEC_OPTIONS,
+                             "metrics": "default (all but randomization)", "batch_size": 4, "runs": runs}
+    for name in ("ray-1x2", "ray-2x1"):
+        data["executor_cost"][f"{name}_overhead"] = round(runs[name]["seconds"] / runs["local"]["seconds"] - 1, 3)
     save("evaluate", data)
 
 

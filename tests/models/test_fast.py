@@ -22,12 +22,13 @@ MEAN_RTOL = 1e-3  # issue 17: maps equal to the user's network within mean relat
 class ConvBNStack(nn.Module):
     """A small MobileNet-like net with ≥ 8 convolutions (so the fast path applies): stem conv-BN-ReLU6, then
     depthwise/pointwise conv-BN pairs with residuals, pool, fc. `shared_tap`: block 2's pointwise conv output also
-    feeds the residual directly (y = bn(c) + c), so its BatchNorm must not be folded."""
+    feeds the residual directly (y = bn(c) + c), so its BatchNorm must not be folded. `bn_tap`: block 1's depthwise
+    BatchNorm output is read by its ReLU6 and by an add, so that conv must not apply the ReLU6 itself."""
 
-    def __init__(self, shared_tap: bool = False, std_conv: bool = False, seed: int = 0) -> None:
+    def __init__(self, shared_tap: bool = False, std_conv: bool = False, seed: int = 0, bn_tap: bool = False) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.shared_tap = shared_tap
+        self.shared_tap, self.bn_tap = shared_tap, bn_tap
         self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
         self.bn0 = nn.BatchNorm2d(8)
         self.act = nn.ReLU6()  # one module, called everywhere (as in EfficientNet-Lite)
@@ -48,7 +49,8 @@ class ConvBNStack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn0(self.stem(x)))
         for i, b in enumerate(self.blocks):
-            y = self.act(b["bn_dw"](b["dw"](x)))
+            pre = b["bn_dw"](b["dw"](x))
+            y = self.act(pre) + (pre if self.bn_tap and i == 1 else 0)
             c = b["pw"](y)
             x = x + b["bn_pw"](c) + (c if self.shared_tap and i == 2 else 0)
         return self.fc(x.mean((2, 3)))
@@ -93,7 +95,8 @@ def test_small_stack_folds_every_pair_and_matches_eager():
     clf = _wrap(ConvBNStack())
     x = torch.rand(3, 3, 32, 32)
     fast_grads = _grads(clf, x)
-    assert fast.status(clf) == {"enabled": True, "active": True, "folded": 9, "options": fast.FastOptions()}
+    assert fast.status(clf) == {"enabled": True, "active": True, "folded": 9, "fused": 5,
+                                 "options": fast.FastOptions()}
     eager_grads = _eager(clf, lambda: _grads(clf, x))
     torch.testing.assert_close(fast_grads, eager_grads, rtol=1e-4, atol=1e-6)
     assert fast_grads.is_contiguous()  # the input gradient has the input's layout, not channels-last
@@ -113,6 +116,16 @@ def test_shared_conv_output_and_weight_standardized_convs_are_not_folded():
             torch.testing.assert_close(out, clf.net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
 
 
+def test_relu6_is_fused_only_where_nothing_else_reads_its_input():
+    clf = _wrap(ConvBNStack(bn_tap=True))
+    x = torch.rand(2, 3, 32, 32)
+    fast_grads = _grads(clf, x)
+    assert fast.status(clf)["folded"] == 9 and fast.status(clf)["fused"] == 4  # block 1's depthwise pair: not fused
+    torch.testing.assert_close(fast_grads, _eager(clf, lambda: _grads(clf, x)), rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), clf.net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_users_network_is_never_modified(clf, photos):
     x = photos["chelsea"]
     types = [type(m) for m in clf.net.modules()]
@@ -120,7 +133,7 @@ def test_users_network_is_never_modified(clf, photos):
     digest = clf.weights_hash
     with torch.no_grad():
         clf(x)
-    assert fast.status(clf)["active"] and fast.status(clf)["folded"] == 49
+    assert fast.status(clf)["active"] and fast.status(clf)["folded"] == 49 and fast.status(clf)["fused"] == 33
     assert [type(m) for m in clf.net.modules()] == types and isinstance(clf.net._bn0, nn.BatchNorm2d)
     assert clf.net._conv_stem.bias is None and _hooks(clf.net) == 0
     assert all(torch.equal(v, state[k]) for k, v in clf.net.state_dict().items())
@@ -171,11 +184,12 @@ def _capture(clf, x):
     return cap.act(), cap.grad(), grads
 
 
-@pytest.mark.parametrize(("layer", "on_copy"), [("bn0", True), ("blocks.1.bn_dw", True), ("act", True),
-                                               ("fc", True), ("blocks.2.pw", False)])
+@pytest.mark.parametrize(("layer", "on_copy"), [("blocks.1.bn_pw", True), ("act", True), ("fc", True),
+                                               ("blocks.2.pw", False), ("bn0", False), ("blocks.1.bn_dw", False)])
 def test_tap_records_the_layer_on_the_fast_path_as_capture_does(layer, on_copy):
     """tap() gives what capture(detach=True) gives, one tensor per call, without turning the fast path off; a conv
-    whose BatchNorm is folded (blocks.2.pw) is served by the user's network instead."""
+    whose BatchNorm is folded (blocks.2.pw) or a BatchNorm whose ReLU6 the copy's conv applies (bn0, blocks.1.bn_dw)
+    is served by the user's network instead."""
     clf = _wrap(ConvBNStack())
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from featvis._ops import Seed, random_draw
 from featvis._progress import report
@@ -67,20 +68,36 @@ def max_sensitivity(clf, images: torch.Tensor, maps: torch.Tensor, targets: torc
     return (diff / norm[:, None]).amax(1)
 
 
+def _squares(images: torch.Tensor, samples: int, square: float, seed: Seed
+             ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Yeh et al.'s random squares: top and left [B, n] and the side (rows, columns)."""
+    b, _, h, w = images.shape
+    side_h, side_w = max(1, round(square * h)), max(1, round(square * w))
+    pos = random_draw("uniform", seed, (b, samples, 2), device=images.device)
+    top = (pos[..., 0] * (h - side_h + 1)).long().clamp(max=h - side_h)
+    left = (pos[..., 1] * (w - side_w + 1)).long().clamp(max=w - side_w)
+    return top, left, side_h, side_w
+
+
+def _remove(clf, images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, side_h: int, side_w: int
+            ) -> torch.Tensor:
+    """images [m, 3, H, W] with the square at (top, left) [m] set to the model's mean colour."""
+    h, w = images.shape[-2:]
+    rows = torch.arange(h, device=images.device).view(1, h, 1)
+    cols = torch.arange(w, device=images.device).view(1, 1, w)
+    t, lf = top.view(-1, 1, 1), left.view(-1, 1, 1)
+    inside = ((rows >= t) & (rows < t + side_h) & (cols >= lf) & (cols < lf + side_w))[:, None]
+    return torch.where(inside, clf.mean.to(images).view(1, 3, 1, 1), images)
+
+
 def square_perturbations(clf, images: torch.Tensor, *, samples: int, square: float,
                          seed: Seed) -> tuple[torch.Tensor, torch.Tensor]:
     """Yeh et al.'s square removal: (perturbations I, perturbed images x − I), each [B, n, 3, H, W]; a random square
     of side `square`·side is set to the model's mean colour (0 in normalized space)."""
-    b, _, h, w = images.shape
-    side_h, side_w = max(1, round(square * h)), max(1, round(square * w))
-    pos = random_draw("uniform", seed, (b, samples, 2), device=images.device)
-    top = (pos[..., 0] * (h - side_h + 1)).long().clamp(max=h - side_h).view(b, samples, 1, 1)
-    left = (pos[..., 1] * (w - side_w + 1)).long().clamp(max=w - side_w).view(b, samples, 1, 1)
-    rows = torch.arange(h, device=images.device).view(1, 1, h, 1)
-    cols = torch.arange(w, device=images.device).view(1, 1, 1, w)
-    inside = ((rows >= top) & (rows < top + side_h) & (cols >= left) & (cols < left + side_w))[:, :, None]
-    fill = clf.mean.to(images).view(1, 1, 3, 1, 1)
-    perturbed = torch.where(inside, fill, images[:, None])
+    b = images.shape[0]
+    top, left, side_h, side_w = _squares(images, samples, square, seed)
+    perturbed = _remove(clf, images.repeat_interleave(samples, 0), top.flatten(), left.flatten(), side_h, side_w)
+    perturbed = perturbed.view(b, samples, *images.shape[1:])
     return images[:, None] - perturbed, perturbed
 
 
@@ -103,20 +120,34 @@ def infidelity(clf, images: torch.Tensor, maps: torch.Tensor, targets: torch.Ten
     """
     fn = score_fn(score)
     b = images.shape[0]
-    if perturb is None:
-        pert, perturbed = square_perturbations(clf, images, samples=samples, square=square, seed=seed)
-    else:
-        pert, perturbed = perturb(images)
-    if pert.shape[:2] != (b, samples) or perturbed.shape != pert.shape:
-        raise FeatvisError(f"perturbations have shape {tuple(pert.shape)}; expected [{b}, {samples}, 3, H, W]")
-    phi = (maps[:, None] if maps.ndim == 3 else maps)[:, None].to(images)  # [B, 1, 1 or 3, H, W]
-    dot = (pert * phi).flatten(2).sum(2)  # [B, n]: Iᵀ Φ
     chunk = batch_size or default_chunk(clf, images, backward=False)
-    flat = perturbed.flatten(0, 1)
-    cls = targets.repeat_interleave(samples)
+    phi = (maps[:, None] if maps.ndim == 3 else maps).to(images)  # [B, 1 or 3, H, W]
     with torch.no_grad(), frozen(clf):
-        base = fn(clf(images), targets)
-        scores = torch.cat([fn(clf(flat[i:i + chunk]), cls[i:i + chunk]) for i in range(0, flat.shape[0], chunk)])
+        base = torch.cat([fn(clf(images[i:i + chunk]), targets[i:i + chunk]) for i in range(0, b, chunk)])
+        if perturb is None:
+            # Iᵀ Φ of a square removal is Σ over the square of (x − fill)·Φ: four lookups in a summed-area table, so
+            # the perturbations are never stored; each chunk of perturbed images is made just before its forward.
+            top, left, side_h, side_w = _squares(images, samples, square, seed)
+            v = ((images - clf.mean.to(images).view(1, 3, 1, 1)) * phi).sum(1).double()
+            sat = F.pad(v.cumsum(1).cumsum(2), (1, 0, 1, 0))
+            idx = torch.arange(b, device=images.device)[:, None]
+            bottom, right = top + side_h, left + side_w
+            dot = (sat[idx, bottom, right] - sat[idx, top, right] - sat[idx, bottom, left] + sat[idx, top, left])
+            dot = dot.to(images.dtype)
+            src = torch.arange(b, device=images.device).repeat_interleave(samples)
+            cls = targets.repeat_interleave(samples)
+            scores = torch.cat([
+                fn(clf(_remove(clf, images[src[i:i + chunk]], top.flatten()[i:i + chunk],
+                               left.flatten()[i:i + chunk], side_h, side_w)), cls[i:i + chunk])
+                for i in range(0, b * samples, chunk)])
+        else:
+            pert, perturbed = perturb(images)
+            if pert.shape[:2] != (b, samples) or perturbed.shape != pert.shape:
+                raise FeatvisError(f"perturbations have shape {tuple(pert.shape)}; expected [{b}, {samples}, 3, H, W]")
+            dot = (pert * phi[:, None]).flatten(2).sum(2)  # [B, n]: Iᵀ Φ
+            flat, cls = perturbed.flatten(0, 1), targets.repeat_interleave(samples)
+            scores = torch.cat([fn(clf(flat[i:i + chunk]), cls[i:i + chunk])
+                                for i in range(0, flat.shape[0], chunk)])
     delta = (base[:, None] - scores.view(b, samples)).to(dot)  # f(x) − f(x − I)
     if normalize:
         denom = dot.pow(2).sum(1)

@@ -9,6 +9,9 @@ one to make fast. The copy differs from the user's network in two ways, both exa
   forward and backward.
 - channels-last activations (NHWC), the layout oneDNN's depthwise and 1×1 convolutions run fastest in; the input
   gradient comes back in the caller's layout.
+- ReLU6 fused into the folded convolution before it (oneDNN post-op) where the BatchNorm's output feeds only that
+  ReLU6: the convolution writes clamped values, and the ReLU6 module passes them through (relu6 is idempotent). The
+  backward masks the gradient where 0 < y < 6, as ReLU6's own backward does.
 
 The user's network is never modified: the copy shares every module it does not change and owns only the folded
 convolutions and the containers above them. It runs only when the user's network would compute the same thing:
@@ -57,6 +60,9 @@ class FastOptions:
 
     fold_bn: bool = True
     channels_last: bool = True
+    # A folded conv whose BatchNorm output only feeds a ReLU6 applies the ReLU6 as a oneDNN post-op (CPU float32,
+    # with channels_last): one pass over those activations less forward. Exact (the same conv, then the same clamp).
+    fuse_relu6: bool = True
     autocast: str | None = None  # "bf16": bfloat16 autocast (AMX/AVX-512-BF16 CPUs, Ampere+ GPUs)
     # torch.compile (inductor) for an input shape once it has run COMPILE_AFTER_CALLS times (a loop: render steps,
     # attack steps, IG/SmoothGrad chunks); shorter calls never pay the compile time. Opt-in: see benchmarks/floor.py
@@ -67,7 +73,7 @@ def options(clf: nn.Module) -> FastOptions | None:
     """The fast-path options in force for `clf`: its `fast` attribute, else `FEATVIS_FAST`; None when off.
 
     `FEATVIS_FAST` is read at each call: "0"/"off" disables, "bf16" adds bfloat16 autocast, "compile" compiles
-    loops, "nofold" and "nchw" drop one transform (comma-separated, e.g. "bf16,compile").
+    loops, "nofold", "nofuse" and "nchw" drop one transform (comma-separated, e.g. "bf16,compile").
     """
     setting = clf.__dict__.get("fast", True)
     if setting is False or setting is None:
@@ -81,6 +87,7 @@ def options(clf: nn.Module) -> FastOptions | None:
     if words & _OFF:
         return None
     return FastOptions(fold_bn="nofold" not in words, channels_last="nchw" not in words,
+                       fuse_relu6="nofuse" not in words,
                        autocast="bf16" if "bf16" in words else None, compile="compile" in words)
 
 
@@ -113,7 +120,8 @@ class _Entry:
     containers: tuple = ()  # (user's container, ids of its attributes) for each container the copy duplicated
     root_ids: tuple = ()  # ids of the root's attributes (the root itself is the cache's key: not kept here)
     builds: int = 1
-    folded_convs: frozenset = frozenset()  # names of the convs whose output in the copy is their BatchNorm's
+    unlike: frozenset = frozenset()  # names of layers whose output differs in the copy (a tap runs the user's net)
+    fused: int = 0  # convolutions that apply their ReLU6 themselves
     calls: dict = field(default_factory=dict)  # (shape, dtype, device, grad mode) → calls, for `compile`
     compiled: object = None  # torch.compile(net), made at the first hot shape; False after a failed compile
 
@@ -194,7 +202,7 @@ def fast_logits(clf: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     tap = getattr(_TAPS, "active", None)
     if tap is None or tap[0] is not net:
         return entry(x)
-    if tap[1] in entry.folded_convs:  # its output differs in the copy (BatchNorm applied): the user's network runs
+    if tap[1] in entry.unlike:  # its output differs in the copy (BatchNorm or ReLU6 applied): the user's network runs
         return None
     with _tapping(entry.net, tap):
         return entry(x)
@@ -280,7 +288,7 @@ def status(clf: nn.Module) -> dict[str, object]:
     opts = options(clf)
     entry = _CACHE.get(clf.net, {}).get(opts) if opts is not None else None
     return {"enabled": opts is not None, "active": entry is not None and entry.net is not None,
-            "folded": entry.folded if entry else 0, "options": opts}
+            "folded": entry.folded if entry else 0, "fused": entry.fused if entry else 0, "options": opts}
 
 
 def _plain_modules(net: nn.Module) -> list | None:
@@ -316,18 +324,22 @@ def _build(net: nn.Module, x: torch.Tensor, opts: FastOptions, modules: list) ->
     if convs < MIN_CONVS or isinstance(net, torch.jit.ScriptModule) or x.dtype not in (torch.float32, torch.float64):
         return _Entry(None, opts)
     pairs: list[tuple[str, str]] = []
+    fused: dict[str, str] = {}
     if opts.fold_bn:
+        fuse = opts.fuse_relu6 and opts.channels_last and not opts.autocast and not opts.compile \
+            and x.device.type == "cpu" and x.dtype == torch.float32 and _FUSABLE
         try:
-            pairs = _plan(net, x)
+            plan = _plan(net, x, fuse)
         except (RuntimeError, ValueError, TypeError, AssertionError) as e:  # the user's network will say it again
             log.info("featvis fast path: probing %s failed (%s); running it as it is", type(net).__name__, e)
             return _Entry(None, opts)
-        if pairs is None:
+        if plan is None:
             return _Entry(None, opts)
+        pairs, fused = plan
     mods = dict(net.named_modules())
     if not pairs:
         return _Entry(net if opts.channels_last or opts.autocast else None, opts, 0, modules)
-    copy, containers = _folded_copy(net, mods, pairs, opts.channels_last)
+    copy, containers = _folded_copy(net, mods, pairs, opts.channels_last, fused)
     watched, trainable = [], []
     for module in [mods[n] for pair in pairs for n in pair] + [mods[n] for n in containers]:
         for owner in (module._parameters, module._buffers):
@@ -337,19 +349,26 @@ def _build(net: nn.Module, x: torch.Tensor, opts: FastOptions, modules: list) ->
     for conv_name, bn_name in pairs:
         trainable += [p for p in (*mods[conv_name].parameters(), *mods[bn_name].parameters())]
     snapshots = tuple((mods[n], tuple(map(id, mods[n].__dict__.values()))) for n in containers if n)
+    # Layers whose output the copy computes differently: a folded conv's is its BatchNorm's; a BatchNorm whose conv
+    # applies the ReLU6 gives the ReLU6's.
+    unlike = frozenset(c for c, _ in pairs) | frozenset(b for c, b in pairs if c in fused)
     return _Entry(copy, opts, len(pairs), modules, tuple(watched), tuple(trainable), snapshots,
-                  tuple(map(id, net.__dict__.values())), folded_convs=frozenset(c for c, _ in pairs))
+                  tuple(map(id, net.__dict__.values())), unlike=unlike, fused=len(fused))
 
 
-def _plan(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str]] | None:
+def _plan(net: nn.Module, x: torch.Tensor, fuse: bool = False
+          ) -> tuple[list[tuple[str, str]], dict[str, str]] | None:
     """The (conv, BatchNorm) pairs to fold: the BatchNorm reads the conv's output and nothing else does, each
-    module runs once. Found by one traced forward of the first image; checked by comparing the folded copy's
-    logits with the network's on it (None when they differ: run the user's network)."""
+    module runs once. With `fuse`, also the folded convs whose BatchNorm output goes to a ReLU6 and nowhere else
+    (conv name → ReLU6 module name): they apply the ReLU6 themselves (oneDNN post-op). Found by one traced forward
+    of the first image; checked by comparing the copy's logits and input gradient with the network's on it (None
+    when they differ: run the user's network)."""
     from featvis.layers import trace_calls
 
     with torch.inference_mode(False), torch.enable_grad():
         probe = x[:1].detach().clone().requires_grad_(True)
-        calls, out = trace_calls(net, probe, (nn.Conv2d, nn.modules.batchnorm._BatchNorm))
+        types = (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.Hardtanh)
+        calls, out = trace_calls(net, probe, types)
         if not isinstance(out, torch.Tensor) or out.grad_fn is None:
             return None
         consumers = _consumers(out.grad_fn)
@@ -357,23 +376,35 @@ def _plan(net: nn.Module, x: torch.Tensor) -> list[tuple[str, str]] | None:
         for c in calls:
             runs[id(c.module)] = runs.get(id(c.module), 0) + 1
         made_by = {id(c.output): c for c in calls if isinstance(c.module, nn.Conv2d)}
-        pairs = []
+        relu_of = {id(c.input): c for c in calls if _is_relu6(c.module)}
+        pairs, fused = [], {}
         for c in calls:
             conv = made_by.get(id(c.input)) if isinstance(c.module, nn.modules.batchnorm._BatchNorm) else None
             if conv is None or conv.output is not c.input or runs[id(c.module)] != 1 or runs[id(conv.module)] != 1:
                 continue
             if _foldable(conv.module, c.module) and consumers.get(c.input.grad_fn, 0) == 1:
                 pairs.append((conv.name, c.name))
+                relu = relu_of.get(id(c.output))
+                if fuse and relu is not None and relu.input is c.output and isinstance(c.output, torch.Tensor) \
+                        and consumers.get(c.output.grad_fn, 0) == 1 and _fusable_conv(conv.module):
+                    fused[conv.name] = relu.name
         if pairs:
-            copy, _ = _folded_copy(net, dict(net.named_modules()), pairs, channels_last=False)
-            with torch.no_grad():
-                err = (copy(probe) - out).abs().max()
-                scale = out.abs().max().clamp_min(1e-6)
+            copy, _ = _folded_copy(net, dict(net.named_modules()), pairs, channels_last=bool(fused), fused=fused)
+            got = copy(probe.detach().contiguous(memory_format=torch.channels_last) if fused else probe.detach())
+            err = (got.detach() - out.detach()).abs().max()
+            scale = out.detach().abs().max().clamp_min(1e-6)
             if not bool(err <= PROBE_RTOL * scale):
                 log.info("featvis fast path: folding BatchNorm changes %s's logits by %.3g; running it as it is",
                          type(net).__name__, float(err))
                 return None
-    return pairs
+            if fused:  # the fused convolutions' backward is featvis's own: check the input gradient too
+                p2 = probe.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+                g_copy = torch.autograd.grad(copy(p2).sum(), p2)[0]
+                g_net = torch.autograd.grad(out.sum(), probe)[0]
+                if not bool((g_copy - g_net).abs().sum() <= PROBE_RTOL * g_net.abs().sum().clamp_min(1e-12)):
+                    log.info("featvis fast path: fused ReLU6 changes %s's gradient; not fusing", type(net).__name__)
+                    fused = {}
+    return pairs, fused
 
 
 def _consumers(output_fn) -> dict:
@@ -400,14 +431,21 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     return conv_ok and bn_ok
 
 
-def _folded_copy(net: nn.Module, mods: dict[str, nn.Module], pairs: list[tuple[str, str]], channels_last: bool
-                 ) -> tuple[nn.Module, list[str]]:
+def _folded_copy(net: nn.Module, mods: dict[str, nn.Module], pairs: list[tuple[str, str]], channels_last: bool,
+                 fused: dict[str, str] | None = None) -> tuple[nn.Module, list[str]]:
     """A copy of `net` with each pair's conv folded and BatchNorm replaced by Identity; every other module is the
-    user's own. Returns (the copy, the names of the containers it duplicated, root "" first)."""
+    user's own. `fused` convs (name → its ReLU6's name) also apply their ReLU6, and those ReLU6 modules pass a
+    tensor that is already clamped through. Returns (the copy, the names of the containers it duplicated, root ""
+    first)."""
     replaced: dict[str, nn.Module] = {}
+    fused = fused or {}
     for conv_name, bn_name in pairs:
         replaced[conv_name] = _fold(mods[conv_name], mods[bn_name], channels_last)
+        if conv_name in fused:
+            replaced[conv_name] = _ConvReLU6(replaced[conv_name])
         replaced[bn_name] = nn.Identity()
+    for relu_name in set(fused.values()):
+        replaced[relu_name] = _SkipClamped(mods[relu_name])
     containers = sorted({".".join(n.split(".")[:i]) for n in replaced for i in range(n.count(".") + 1)},
                         key=lambda n: (n.count("."), n) if n else (-1, ""))
     copies = {n: _shallow(mods[n]) for n in containers}
@@ -475,11 +513,102 @@ class _SameConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding is not None:
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        pads = self.pads(x)
+        if pads[0] == pads[1] and pads[2] == pads[3]:  # e.g. stride 2 on an odd size: the conv pads itself
+            return F.conv2d(x, self.weight, self.bias, self.stride, (pads[2], pads[0]), self.dilation, self.groups)
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def pads(self, x: torch.Tensor) -> list[int]:
+        """F.pad's [left, right, top, bottom] for this input size."""
         pads = []
         for i, k, s, d in zip(reversed(x.shape[-2:]), reversed(self.weight.shape[-2:]), reversed(self.stride),
                               reversed(self.dilation), strict=True):
             p = max((math.ceil(i / s) - 1) * s + (k - 1) * d + 1 - i, 0)
             pads += [p // 2, p - p // 2]
-        if pads[0] == pads[1] and pads[2] == pads[3]:  # e.g. stride 2 on an odd size: the conv pads itself
-            return F.conv2d(x, self.weight, self.bias, self.stride, (pads[2], pads[0]), self.dilation, self.groups)
-        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return pads
+
+
+_FUSABLE = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
+_CLAMPED = "_featvis_relu6"  # attribute set on a fused convolution's output: its ReLU6 is already applied
+
+
+def _is_relu6(m: nn.Module) -> bool:
+    return isinstance(m, nn.Hardtanh) and type(m).forward is nn.Hardtanh.forward and m.min_val == 0.0 \
+        and m.max_val == 6.0 and not m.inplace
+
+
+def _fusable_conv(conv: nn.Module) -> bool:
+    if type(conv).__name__ == "Conv2dStaticSamePadding":
+        return isinstance(getattr(conv, "static_padding", None), (nn.ZeroPad2d, nn.Identity)) \
+            and not isinstance(conv.padding, str)
+    if type(conv).__name__ in SAME_PADDING_CONVS:
+        return True
+    return type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros" \
+        and not isinstance(conv.padding, str)
+
+
+class _ConvReLU6Fn(torch.autograd.Function):
+    """relu6(conv(x) + b) in one oneDNN call (the clamp is a post-op: no separate pass over the activations); the
+    backward masks the gradient where 0 < y < 6 and runs the convolution's input backward (weights are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, padding, stride, dilation, groups, "hardtanh",
+                                                    [0.0, 6.0], "")
+        ctx.save_for_backward(x, weight, y)
+        ctx.conf = (stride, padding, dilation, groups)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        g = torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
+        gx = torch.ops.aten.convolution_backward(g, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                                                 [True, False, False])[0]
+        return gx, None, None, None, None, None, None
+
+
+class _ConvReLU6(nn.Module):
+    """A folded convolution followed by its ReLU6, fused on CPU float32 (else run as the two ops)."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        if x.device.type != "cpu" or x.dtype != torch.float32 or conv.weight.dtype != torch.float32 \
+                or torch.is_autocast_enabled("cpu"):
+            y = F.hardtanh(conv(x), 0.0, 6.0)
+        else:
+            x, padding = _padded(conv, x)
+            y = _ConvReLU6Fn.apply(x, conv.weight, conv.bias, list(conv.stride), padding, list(conv.dilation),
+                                   conv.groups)
+        setattr(y, _CLAMPED, True)
+        return y
+
+
+def _padded(conv: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The input as `conv` pads it, and the padding left to the convolution itself."""
+    if isinstance(conv, _SameConv2d):
+        if conv.padding is not None:
+            return x, list(conv.padding)
+        pads = conv.pads(x)
+        if pads[0] == pads[1] and pads[2] == pads[3]:
+            return x, [pads[2], pads[0]]
+        return F.pad(x, pads), [0, 0]
+    if hasattr(conv, "static_padding"):
+        x = conv.static_padding(x)
+    return x, list(conv.padding)
+
+
+class _SkipClamped(nn.Module):
+    """A ReLU6 that passes a fused convolution's output through (ReLU6 is idempotent: relu6(relu6(z)) = relu6(z))."""
+
+    def __init__(self, relu: nn.Module) -> None:
+        super().__init__()
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if getattr(x, _CLAMPED, False) else self.relu(x)
