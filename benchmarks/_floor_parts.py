@@ -78,9 +78,14 @@ def relu6_flips(clf) -> dict:
     against float64: equal errors say the default is as accurate as eager, and its larger local differences sit
     where a corner flipped."""
     x = photos(clf)
+    unfused = fast.FastOptions(fuse_relu6=False)  # the same pre-activations; a fused conv hides its ReLU6 call
     with torch.no_grad(), frozen(clf):
-        clf(x[:1])
-        entry = fast._CACHE[clf.net][fast.options(clf)]
+        clf.fast = unfused
+        try:
+            clf(x[:1])
+        finally:
+            clf.fast = True
+        entry = fast._CACHE[clf.net][unfused]
         z = clf.normalize(x)
         eager_calls, _ = trace_calls(clf.net, z, (nn.ReLU6, nn.ReLU))
         fast_calls, _ = trace_calls(entry.net, z.contiguous(memory_format=torch.channels_last), (nn.ReLU6, nn.ReLU))

@@ -220,13 +220,14 @@ def main() -> None:
 
 
 # The executor comparison's run: the methods × metrics a user would start with, paper-sized options where cheap.
-EXEC_METHODS = ("gradient", "gradcam", "smoothgrad", "integrated-gradients", "rise")
-EXEC_OPTIONS = {"smoothgrad.samples": 10, "integrated-gradients.steps": 16, "rise.masks": 500,
+EXEC_METHODS = ("gradient", "gradcam", "smoothgrad", "integrated-gradients")
+EXEC_OPTIONS = {"smoothgrad.samples": 10, "integrated-gradients.steps": 16,
                 "curves.pixels_per_step": 224 * 16}
 
 
-def executor_cost(clf, dataset: Path) -> None:
-    """Seconds per image per method (all default metrics) through the tasks layer: local vs Ray at equal cores."""
+def executor_cost(clf, dataset: Path, images: int = 8) -> None:
+    """Seconds per image per method (all default metrics) through the tasks layer: local vs Ray at equal cores, on
+    the first `images` files of the data set."""
     import json
     import shutil
     import tempfile
@@ -239,10 +240,11 @@ def executor_cost(clf, dataset: Path) -> None:
 
     root = Path(tempfile.mkdtemp(prefix="featvis-evalcost-"))
     runs = {}
+    files = sorted(str(p) for p in dataset.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:images]
 
     def one(name, executor):
         t0 = time.perf_counter()
-        res = fv.evaluate(clf, [str(dataset)], methods=EXEC_METHODS, out=root / name, executor=executor,
+        res = fv.evaluate(clf, files, methods=EXEC_METHODS, out=root / name, executor=executor,
                           options=EXEC_OPTIONS, batch_size=4)
         seconds = time.perf_counter() - t0
         n = len(res.records) if hasattr(res, "records") else None
@@ -259,8 +261,9 @@ def executor_cost(clf, dataset: Path) -> None:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
     data = json.loads((RESULTS / "evaluate.json").read_text()) if (RESULTS / "evaluate.json").exists() else {}
-    data["executor_cost"] = {"dataset": str(dataset), "methods": EXEC_METHODS, "options": EXEC_OPTIONS,
-                             "metrics": "default (all but randomization)", "batch_size": 4, "runs": runs}
+    data["executor_cost"] = {"dataset": str(dataset), "images": len(files), "methods": EXEC_METHODS,
+                             "options": EXEC_OPTIONS, "metrics": "default (all but randomization)", "batch_size": 4,
+                             "runs": runs}
     for name in ("ray-1x2", "ray-2x1"):
         data["executor_cost"][f"{name}_overhead"] = round(runs[name]["seconds"] / runs["local"]["seconds"] - 1, 3)
     save("evaluate", data)

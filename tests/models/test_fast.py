@@ -91,10 +91,14 @@ def _hooks(net: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in net.modules())
 
 
-def test_small_stack_folds_every_pair_and_matches_eager():
+def test_small_stack_folds_every_pair_and_matches_eager(monkeypatch):
     clf = _wrap(ConvBNStack())
-    x = torch.rand(3, 3, 32, 32)
+    x = torch.rand(4, 3, 32, 32)  # batch ≥ fast.FUSE_MIN_BATCH: the fused conv+ReLU6 runs
+    calls = []
+    fused_apply = fast._ConvReLU6Fn.apply
+    monkeypatch.setattr(fast._ConvReLU6Fn, "apply", lambda *a: calls.append(a[0].shape[0]) or fused_apply(*a))
     fast_grads = _grads(clf, x)
+    assert calls.count(4) == 10  # the stem and the 4 depthwise convs: in the build's gradient check, then here
     assert fast.status(clf) == {"enabled": True, "active": True, "folded": 9, "fused": 5,
                                  "options": fast.FastOptions()}
     eager_grads = _eager(clf, lambda: _grads(clf, x))
@@ -118,7 +122,7 @@ def test_shared_conv_output_and_weight_standardized_convs_are_not_folded():
 
 def test_relu6_is_fused_only_where_nothing_else_reads_its_input():
     clf = _wrap(ConvBNStack(bn_tap=True))
-    x = torch.rand(2, 3, 32, 32)
+    x = torch.rand(fast.FUSE_MIN_BATCH, 3, 32, 32)
     fast_grads = _grads(clf, x)
     assert fast.status(clf)["folded"] == 9 and fast.status(clf)["fused"] == 4  # block 1's depthwise pair: not fused
     torch.testing.assert_close(fast_grads, _eager(clf, lambda: _grads(clf, x)), rtol=1e-4, atol=1e-6)
