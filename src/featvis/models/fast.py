@@ -397,16 +397,28 @@ def _plan(net: nn.Module, x: torch.Tensor, fuse: bool = False
                 log.info("featvis fast path: folding BatchNorm changes %s's logits by %.3g; running it as it is",
                          type(net).__name__, float(err))
                 return None
-            if fused:  # the fused convolutions' backward is featvis's own: check the input gradient too, at a batch
-                # where the fused call runs
-                p2 = probe.detach().repeat(FUSE_MIN_BATCH, 1, 1, 1).contiguous(memory_format=torch.channels_last)
-                p2.requires_grad_(True)
-                g_copy = torch.autograd.grad(copy(p2)[:1].sum(), p2)[0][:1]
-                g_net = torch.autograd.grad(out.sum(), probe)[0]
-                if not bool((g_copy - g_net).abs().sum() <= PROBE_RTOL * g_net.abs().sum().clamp_min(1e-12)):
-                    log.info("featvis fast path: fused ReLU6 changes %s's gradient; not fusing", type(net).__name__)
-                    fused = {}
+            if fused and not _fused_gradient_ok(net, copy, probe.detach()):
+                log.info("featvis fast path: fused ReLU6 changes %s's gradient; not fusing", type(net).__name__)
+                fused = {}
     return pairs, fused
+
+
+def _fused_gradient_ok(net: nn.Module, copy: nn.Module, probe: torch.Tensor, side: int = 64) -> bool:
+    """The fused convolutions' backward is featvis's own: the copy's input gradient must match the network's, at a
+    batch where the fused call runs (FUSE_MIN_BATCH) and, to keep the check cheap, on the probe shrunk to `side` px
+    (the full size where the network refuses that)."""
+    small = F.interpolate(probe, size=(min(side, probe.shape[-2]), min(side, probe.shape[-1])), mode="bilinear",
+                          align_corners=False, antialias=True)
+    for x in (small, probe):
+        try:
+            a = x.clone().requires_grad_(True)
+            g_net = torch.autograd.grad(net(a).sum(), a)[0]
+            b = x.repeat(FUSE_MIN_BATCH, 1, 1, 1).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            g_copy = torch.autograd.grad(copy(b)[:1].sum(), b)[0][:1]
+        except RuntimeError:  # e.g. a fixed input size: try the full-size probe
+            continue
+        return bool((g_copy - g_net).abs().sum() <= PROBE_RTOL * g_net.abs().sum().clamp_min(1e-12))
+    return False
 
 
 def _consumers(output_fn) -> dict:
