@@ -222,7 +222,7 @@ _TAPS = threading.local()
 
 @contextlib.contextmanager
 def _tapping(net: nn.Module, tap: tuple) -> Iterator[None]:
-    module, sink = _named(net).get(tap[1]), tap[2]
+    module, sink = _named(net).get(tap[1]) or _named(net, fresh=True).get(tap[1]), tap[2]
     if module is None:
         yield
         return
@@ -271,8 +271,9 @@ def tap(clf: nn.Module, layer: str, *, stop: bool = False) -> Iterator[list[torc
 _NAMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _named(net: nn.Module) -> dict[str, nn.Module]:
-    named = _NAMED.get(net)
+def _named(net: nn.Module, fresh: bool = False) -> dict[str, nn.Module]:
+    """net's modules by name, cached (`fresh`: look again, for a module added since)."""
+    named = None if fresh else _NAMED.get(net)
     if named is None:
         named = _NAMED[net] = dict(net.named_modules())
     return named
