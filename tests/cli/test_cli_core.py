@@ -81,7 +81,10 @@ def test_interrupted_batch_resumes_without_redoing(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "featvis.cli", "classify", str(src), "-o", str(out), "--json", "--batch-size", "2",
            "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT at its default in the child: a test run started as a background job inherits it ignored, and Python
+    # only turns SIGINT into KeyboardInterrupt when it starts at the default
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     batches = out / "records"  # one record file per finished batch of 2
     deadline = time.time() + 60
     while time.time() < deadline and (not batches.exists() or len(list(batches.glob("*.json"))) < 2):
