@@ -122,8 +122,14 @@ def infidelity(clf, images: torch.Tensor, maps: torch.Tensor, targets: torch.Ten
     b = images.shape[0]
     chunk = batch_size or default_chunk(clf, images, backward=False)
     phi = (maps[:, None] if maps.ndim == 3 else maps).to(images)  # [B, 1 or 3, H, W]
+    cls = targets.repeat_interleave(samples)
+
+    def scored(n: int, classes: torch.Tensor, batch: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        """f of the n images batch(i, j) makes for items i..j, `chunk` at a time."""
+        return torch.cat([fn(clf(batch(i, min(i + chunk, n))), classes[i:i + chunk]) for i in range(0, n, chunk)])
+
     with torch.no_grad(), frozen(clf):
-        base = torch.cat([fn(clf(images[i:i + chunk]), targets[i:i + chunk]) for i in range(0, b, chunk)])
+        base = scored(b, targets, lambda i, j: images[i:j])
         if perturb is None:
             # Iᵀ Φ of a square removal is Σ over the square of (x − fill)·Φ: four lookups in a summed-area table, so
             # the perturbations are never stored; each chunk of perturbed images is made just before its forward.
@@ -135,19 +141,16 @@ def infidelity(clf, images: torch.Tensor, maps: torch.Tensor, targets: torch.Ten
             dot = (sat[idx, bottom, right] - sat[idx, top, right] - sat[idx, bottom, left] + sat[idx, top, left])
             dot = dot.to(images.dtype)
             src = torch.arange(b, device=images.device).repeat_interleave(samples)
-            cls = targets.repeat_interleave(samples)
-            scores = torch.cat([
-                fn(clf(_remove(clf, images[src[i:i + chunk]], top.flatten()[i:i + chunk],
-                               left.flatten()[i:i + chunk], side_h, side_w)), cls[i:i + chunk])
-                for i in range(0, b * samples, chunk)])
+            top, left = top.flatten(), left.flatten()
+            scores = scored(b * samples, cls, lambda i, j: _remove(clf, images[src[i:j]], top[i:j], left[i:j],
+                                                                    side_h, side_w))
         else:
             pert, perturbed = perturb(images)
             if pert.shape[:2] != (b, samples) or perturbed.shape != pert.shape:
                 raise FeatvisError(f"perturbations have shape {tuple(pert.shape)}; expected [{b}, {samples}, 3, H, W]")
             dot = (pert * phi[:, None]).flatten(2).sum(2)  # [B, n]: Iᵀ Φ
-            flat, cls = perturbed.flatten(0, 1), targets.repeat_interleave(samples)
-            scores = torch.cat([fn(clf(flat[i:i + chunk]), cls[i:i + chunk])
-                                for i in range(0, flat.shape[0], chunk)])
+            flat = perturbed.flatten(0, 1)
+            scores = scored(b * samples, cls, lambda i, j: flat[i:j])
     delta = (base[:, None] - scores.view(b, samples)).to(dot)  # f(x) − f(x − I)
     if normalize:
         denom = dot.pow(2).sum(1)
