@@ -135,19 +135,19 @@ class SaliencyTask(ClassTarget, Task):
         for i, item in enumerate(batch.items):
             t = int(targets[i])
             pred = int(probs[i].argmax())
-            title = f"{clf.labels[t]} ({t}) p={probs[i, t]:.3f}"
-            scores = {n: f"del {curves[n][0].auc[i]:.3f} · ins {curves[n][1].auc[i]:.3f}" for n in p.methods} \
-                if p.metrics else None
             arts = {f"maps/{item.key}/{n}.npy": npy_bytes(maps[n][i]) for n in p.methods}
             rec: dict[str, Any] = {"target": t, "target_name": clf.labels[t], "prob": float(probs[i, t]),
                                    "predicted": pred, "predicted_name": clf.labels[pred],
                                    "maps": {n: f"maps/{item.key}/{n}.npy" for n in p.methods},
                                    "seconds": {n: round(s, 5) for n, s in seconds.items()}}
             if p.figures:
+                title = f"{clf.labels[t]} ({t}) p={probs[i, t]:.3f}"
                 if len(p.methods) == 1:
                     fig = saliency_panels(x[i:i + 1], maps[p.methods[0]][i:i + 1], [title], method=p.methods[0],
                                           shared_scale=p.shared_scale)
                 else:
+                    scores = {n: f"del {curves[n][0].auc[i]:.3f} · ins {curves[n][1].auc[i]:.3f}"
+                              for n in p.methods} if p.metrics else None
                     fig = compare_methods(x[i], {n: maps[n][i] for n in p.methods}, title,
                                           shared_scale=p.shared_scale, scores=scores)
                 rec["figure"] = f"figures/{item.key}.png"
