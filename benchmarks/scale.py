@@ -72,14 +72,12 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return fields.get("VmRSS", 0.0), fields.get("VmHWM", 0.0)
 
 
-FIGURES = False  # --figures: also the per-image matplotlib figure (~0.4 s an image, more than the map)
+def task(metric_steps: int, figures: bool) -> SaliencyTask:
+    """The measured run; `figures`: also the per-image matplotlib figure (~0.4 s an image, more than the map)."""
+    return SaliencyTask(methods=("gradient",), metrics=True, metric_steps=metric_steps, figures=figures)
 
 
-def task(metric_steps: int) -> SaliencyTask:
-    return SaliencyTask(methods=("gradient",), metrics=True, metric_steps=metric_steps, figures=FIGURES)
-
-
-def timed_run(name: str, data: Path, clf, executor, out: Path, metric_steps: int, threads: int | None = None) -> dict:
+def timed_run(name: str, data: Path, clf, executor, out: Path, work: SaliencyTask, threads: int | None = None) -> dict:
     import torch
 
     shutil.rmtree(out, ignore_errors=True)
@@ -87,7 +85,7 @@ def timed_run(name: str, data: Path, clf, executor, out: Path, metric_steps: int
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    run = run_task(task(metric_steps), [data], out, clf=clf, executor=executor, batch_size=8)
+    run = run_task(work, [data], out, clf=clf, executor=executor, batch_size=8)
     seconds = time.perf_counter() - t0
     torch.set_num_threads(before)
     n = len(run.items)
@@ -119,7 +117,7 @@ def memory_run(data: Path, clf, out: Path) -> dict:
             "peak_mb": round(rss_mb(os.getpid())[1], 1), "seconds": round(seconds, 1)}
 
 
-def two_node(data: Path, clf, out: Path, metric_steps: int) -> dict:
+def two_node(data: Path, clf, out: Path, work: SaliencyTask) -> dict:
     """Two `ray start` processes on this machine (1 CPU each, loopback only) and a run over 256 images."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     ray_bin = str(Path(sys.executable).parent / "ray")
@@ -135,7 +133,7 @@ def two_node(data: Path, clf, out: Path, metric_steps: int) -> dict:
 
         os.environ.update({"RAY_AUTH_MODE": "disabled"})
         row = timed_run("two-node", data, clf, RayExecutor(address=f"127.0.0.1:{RAY_PORT}", workers=2,
-                                                           cpus_per_worker=1), out, metric_steps)
+                                                           cpus_per_worker=1), out, work)
         row["nodes_used"] = len(row["workers"] or {})
         return row
     finally:
@@ -157,8 +155,7 @@ def main() -> None:
     ap.add_argument("--metric-steps", type=int, default=16)
     ap.add_argument("--figures", action="store_true", help="also draw a figure per image (off: --no-figures)")
     args = ap.parse_args()
-    global FIGURES
-    FIGURES = args.figures
+    work = task(args.metric_steps, args.figures)
     only = set(args.only.split(","))
     torch.set_num_threads(2)
     root = Path(tempfile.gettempdir()) / "featvis-scale"
@@ -166,7 +163,7 @@ def main() -> None:
     clf = fv.load_model()
     rows = []
     if "local" in only:
-        rows.append(timed_run("local", data, clf, "local", root / "out-local", args.metric_steps, threads=2))
+        rows.append(timed_run("local", data, clf, "local", root / "out-local", work, threads=2))
     if only & {"ray-1x2", "ray-2x1"}:
         import ray
 
@@ -176,9 +173,9 @@ def main() -> None:
         for name, workers, cpus in (("ray-1x2", 1, 2), ("ray-2x1", 2, 1)):
             if name in only:
                 rows.append(timed_run(name, data, clf, RayExecutor(workers=workers, cpus_per_worker=cpus),
-                                      root / f"out-{name}", args.metric_steps))
+                                      root / f"out-{name}", work))
         ray.shutdown()
-    result = {"machine": machine(), "images": args.images, "task": task(args.metric_steps).param_dict(),
+    result = {"machine": machine(), "images": args.images, "task": work.param_dict(),
               "runs": rows}
     by = {r["config"]: r for r in rows}
     if "local" in by:
@@ -201,7 +198,7 @@ def main() -> None:
         subprocess.run(cmd, check=True)
         result["two_node"] = json.loads((RESULTS / "scale.json").read_text())["two_node"]
     elif "two-node" in only:
-        result["two_node"] = two_node(data, clf, root / "out-two-node", args.metric_steps)
+        result["two_node"] = two_node(data, clf, root / "out-two-node", work)
     previous = RESULTS / "scale.json"  # runs of other parts (--only) are kept: each part replaces its own keys
     if previous.exists():
         kept = json.loads(previous.read_text())
