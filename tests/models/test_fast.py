@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import gc
 import weakref
 
@@ -23,12 +24,15 @@ class ConvBNStack(nn.Module):
     """A small MobileNet-like net with ≥ 8 convolutions (so the fast path applies): stem conv-BN-ReLU6, then
     depthwise/pointwise conv-BN pairs with residuals, pool, fc. `shared_tap`: block 2's pointwise conv output also
     feeds the residual directly (y = bn(c) + c), so its BatchNorm must not be folded. `bn_tap`: block 1's depthwise
-    BatchNorm output is read by its ReLU6 and by an add, so that conv must not apply the ReLU6 itself."""
+    BatchNorm output is read by its ReLU6 and by an add, so that conv must not apply the ReLU6 itself.
+    `relu_residual`: block 3 is x + relu6(bn(dw(x))), its ReLU6 output read by an add alone (whose backward hands
+    one gradient tensor to both of its inputs), so that fused conv must not mask its gradient in place."""
 
-    def __init__(self, shared_tap: bool = False, std_conv: bool = False, seed: int = 0, bn_tap: bool = False) -> None:
+    def __init__(self, shared_tap: bool = False, std_conv: bool = False, seed: int = 0, bn_tap: bool = False,
+                 relu_residual: bool = False) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.shared_tap, self.bn_tap = shared_tap, bn_tap
+        self.shared_tap, self.bn_tap, self.relu_residual = shared_tap, bn_tap, relu_residual
         self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
         self.bn0 = nn.BatchNorm2d(8)
         self.act = nn.ReLU6()  # one module, called everywhere (as in EfficientNet-Lite)
@@ -50,7 +54,12 @@ class ConvBNStack(nn.Module):
         x = self.act(self.bn0(self.stem(x)))
         for i, b in enumerate(self.blocks):
             pre = b["bn_dw"](b["dw"](x))
-            y = self.act(pre) + (pre if self.bn_tap and i == 1 else 0)
+            if self.relu_residual and i == 3:
+                x = x + self.act(pre)
+                continue
+            y = self.act(pre)
+            if self.bn_tap and i == 1:
+                y = y + pre
             c = b["pw"](y)
             x = x + b["bn_pw"](c) + (c if self.shared_tap and i == 2 else 0)
         return self.fc(x.mean((2, 3)))
@@ -99,7 +108,8 @@ def test_small_stack_folds_every_pair_and_matches_eager(monkeypatch):
     monkeypatch.setattr(fast._ConvReLU6Fn, "apply", lambda *a: calls.append(a[0].shape[0]) or fused_apply(*a))
     fast_grads = _grads(clf, x)
     assert calls.count(4) == 10  # the stem and the 4 depthwise convs: in the build's gradient check, then here
-    assert fast.status(clf) == {"enabled": True, "active": True, "folded": 9, "fused": 5,
+    # the stem's ReLU6 output also feeds block 0's residual add: its gradient is not the stem's alone to mask
+    assert fast.status(clf) == {"enabled": True, "active": True, "folded": 9, "fused": 5, "private": 4,
                                  "options": fast.FastOptions()}
     eager_grads = _eager(clf, lambda: _grads(clf, x))
     torch.testing.assert_close(fast_grads, eager_grads, rtol=1e-4, atol=1e-6)
@@ -128,6 +138,21 @@ def test_relu6_is_fused_only_where_nothing_else_reads_its_input():
     torch.testing.assert_close(fast_grads, _eager(clf, lambda: _grads(clf, x)), rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(clf(x), clf.net(clf.normalize(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_relu6_gradient_is_masked_in_place_only_where_a_convolution_alone_reads_it():
+    clf = _wrap(ConvBNStack(relu_residual=True))
+    x = torch.rand(fast.FUSE_MIN_BATCH, 3, 32, 32)
+    fast_grads = _grads(clf, x)
+    # fused: the stem and blocks 0-3's depthwise; masked in place: blocks 0-2 (their ReLU6 feeds the pointwise
+    # conv alone), not the stem (also read by a residual add) nor block 3 (read by an add alone)
+    assert fast.status(clf)["fused"] == 5 and fast.status(clf)["private"] == 3
+    torch.testing.assert_close(fast_grads, _eager(clf, lambda: _grads(clf, x)), rtol=1e-4, atol=1e-6)
+    clf.fast = fast.FastOptions(fuse_relu6=False)
+    try:
+        torch.testing.assert_close(fast_grads, _grads(clf, x), rtol=1e-5, atol=1e-7)
+    finally:
+        clf.fast = True
 
 
 def test_users_network_is_never_modified(clf, photos):
@@ -318,3 +343,28 @@ def test_bf16_autocast_is_opt_in_and_close(clf, photos):
     assert torch.equal(probs.argmax(-1), ref.argmax(-1)) and float((probs - ref).abs().max()) < 0.1
     cos = torch.nn.functional.cosine_similarity(half.flatten(1), fp32.flatten(1))
     assert bool((cos > 0.7).all())  # bf16 moves maps: why it is opt-in (benchmarks/floor.py)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("size", [(16, 16), (15, 16), (16, 17), (15, 15)])
+def test_stride2_depthwise_same_padding_runs_a_wider_kernel_instead_of_a_padded_copy(k, size):
+    g = torch.Generator().manual_seed(k)
+    weight = torch.randn(6, 1, k, k, generator=g).contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(6, generator=g)
+    conv = fast._SameConv2d(weight, bias, (2, 2), (1, 1), groups=6)
+    x = torch.randn(2, 6, *size, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = conv(x)
+    # TensorFlow "same": ⌈i/2⌉ outputs, the larger half of the padding after
+    pads = []
+    for i in reversed(size):
+        p = max((math.ceil(i / 2) - 1) * 2 + k - i, 0)
+        pads += [p // 2, p - p // 2]
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x_ref, pads), weight, bias, 2, 0, 1, 6)
+    assert y.shape == ref.shape == (2, 6, math.ceil(size[0] / 2), math.ceil(size[1] / 2))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(ref.shape, generator=g)
+    torch.testing.assert_close(torch.autograd.grad(y, x, grad)[0], torch.autograd.grad(ref, x_ref, grad)[0],
+                               rtol=1e-5, atol=1e-5)
+    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    assert type(y.grad_fn.next_functions[0][0]).__name__ == "AccumulateGrad"  # no padded copy in between
