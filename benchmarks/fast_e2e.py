@@ -83,7 +83,8 @@ def run_once(task: str, config: str) -> dict:
         out = tempfile.mkdtemp(prefix="featvis-demo-")
         try:
             t0 = time.perf_counter()
-            subprocess.run(["featvis", "demo", "-o", out, "--quiet"], env=env, check=True, capture_output=True)
+            cli = os.path.join(os.path.dirname(sys.executable), "featvis")  # the venv's, activated or not
+            subprocess.run([cli, "demo", "-o", out, "--quiet"], env=env, check=True, capture_output=True)
             res = {"wall_s": time.perf_counter() - t0}
         finally:
             shutil.rmtree(out, ignore_errors=True)

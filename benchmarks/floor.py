@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=[128, 224], help="image sides of the table")
     ap.add_argument("--table-batches", type=int, nargs="*", default=[1, 8, 32], help="batch sizes of the table")
     ap.add_argument("--profile-batch", type=int, default=8)
+    ap.add_argument("--name", default="floor", help="results file name (a partial rerun keeps floor.json)")
     args = ap.parse_args()
     if args.child is not None:
         _child(args.child == "1", args.batches, args.size)
@@ -269,10 +270,10 @@ def main() -> None:
         data["allocator"] = allocator_effect()
     data["load_end"] = load_avg()
     _print(data)
-    name = "floor"
+    name = args.name
     if args.device != "cpu":  # beside the other benchmarks' results on that device (benchmarks/on_device.py)
         (RESULTS / torch.device(args.device).type).mkdir(parents=True, exist_ok=True)
-        name = f"{torch.device(args.device).type}/floor"
+        name = f"{torch.device(args.device).type}/{name}"
     print(f"\nsaved {save(name, data)}")
 
 

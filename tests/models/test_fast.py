@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import math
 import gc
+import math
 import weakref
 
 import pytest
@@ -368,3 +368,20 @@ def test_stride2_depthwise_same_padding_runs_a_wider_kernel_instead_of_a_padded_
                                rtol=1e-5, atol=1e-5)
     assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
     assert type(y.grad_fn.next_functions[0][0]).__name__ == "AccumulateGrad"  # no padded copy in between
+
+
+def test_batched_and_double_backward_through_the_in_place_mask():
+    """is_grads_batched (vmap over the backward) and create_graph cannot mask in place: both still give the gradient."""
+    clf = _wrap(ConvBNStack())
+    x = torch.rand(fast.FUSE_MIN_BATCH, 3, 32, 32, requires_grad=True)
+    with frozen(clf):
+        out = clf(x)
+        assert fast.status(clf)["private"] == 4
+        rows = torch.zeros(3, *out.shape)
+        for i in range(3):
+            rows[i, :, i] = 1
+        batched = torch.autograd.grad(out, x, rows, is_grads_batched=True, retain_graph=True)[0]
+        for i in range(3):
+            torch.testing.assert_close(batched[i], torch.autograd.grad(out[:, i].sum(), x, retain_graph=True)[0])
+        g = torch.autograd.grad(out[:, 0].sum(), x, create_graph=True)[0]
+        torch.testing.assert_close(g.detach(), torch.autograd.grad(clf(x)[:, 0].sum(), x)[0])

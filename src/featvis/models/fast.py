@@ -11,7 +11,10 @@ one to make fast. The copy differs from the user's network in two ways, both exa
   gradient comes back in the caller's layout.
 - ReLU6 fused into the folded convolution before it (oneDNN post-op) where the BatchNorm's output feeds only that
   ReLU6: the convolution writes clamped values, and the ReLU6 module passes them through (relu6 is idempotent). The
-  backward masks the gradient where 0 < y < 6, as ReLU6's own backward does.
+  backward masks the gradient where 0 < y < 6, as ReLU6's own backward does, in place where the gradient is a new
+  tensor only a convolution's backward made.
+- TensorFlow "same" padding without a padded copy: at stride 1 the convolution pads itself, and a stride-2 depthwise
+  convolution whose padding is one larger after than before runs a kernel one tap wider (a zero tap) instead.
 
 The user's network is never modified: the copy shares every module it does not change and owns only the folded
 convolutions and the containers above them. It runs only when the user's network would compute the same thing:
@@ -634,7 +637,9 @@ class _ConvReLU6Fn(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, y = ctx.saved_tensors
         stride, padding, dilation, groups, private = ctx.conf
-        if private and grad.stride() == y.stride() and not torch.is_grad_enabled():
+        # in place only on a plain CPU tensor: not under create_graph, nor vmap (is_grads_batched), which have no out=
+        if private and grad.stride() == y.stride() and not torch.is_grad_enabled() \
+                and torch._C._dispatch_keys(grad).has(torch._C.DispatchKey.CPU):
             g = torch.ops.aten.hardtanh_backward.grad_input(grad, y, 0.0, 6.0, grad_input=grad)
         else:
             g = torch.ops.aten.hardtanh_backward(grad, y, 0.0, 6.0)
