@@ -368,6 +368,7 @@ def test_stride2_depthwise_same_padding_runs_a_wider_kernel_instead_of_a_padded_
                                rtol=1e-5, atol=1e-5)
     assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
     assert type(y.grad_fn.next_functions[0][0]).__name__ == "AccumulateGrad"  # no padded copy in between
+    assert bool(conv._wide) == (size[0] % 2 == 0 or size[1] % 2 == 0)  # an odd side pads evenly: kernel as it is
 
 
 def test_batched_and_double_backward_through_the_in_place_mask():
