@@ -2,11 +2,12 @@
 could tell the difference (issue 17).
 
 Every gradient method costs about one forward+backward of the network (benchmarks/floor.py), so that pass is the
-one to make fast. The copy differs from the user's network in two ways, both exact up to float rounding:
+one to make fast. The copy differs from the user's network in these ways, all exact up to float rounding:
 
 - BatchNorm folded into the convolution that feeds it. In eval mode y = γ(conv(x) − μ)/√(σ² + ε) + β is one
   convolution with weights w·γ/√(σ² + ε) and bias β + (b − μ)·γ/√(σ² + ε): one pass over every activation less,
-  forward and backward.
+  forward and backward. timm's BatchNormAct2d (BatchNorm and activation in one module) folds the same way and
+  keeps its activation.
 - channels-last activations (NHWC), the layout oneDNN's depthwise and 1×1 convolutions run fastest in; the input
   gradient comes back in the caller's layout.
 - ReLU6 fused into the folded convolution before it (oneDNN post-op) where the BatchNorm's output feeds only that
