@@ -407,7 +407,8 @@ def _plan(net: nn.Module, x: torch.Tensor, fuse: bool = False
                     if _conv_reads_only(readers, relu.output):
                         private.add(conv.name)
         if pairs:
-            copy, _ = _folded_copy(net, dict(net.named_modules()), pairs, bool(fused), fused, private)
+            mods = dict(net.named_modules())
+            copy, _ = _folded_copy(net, mods, pairs, bool(fused), fused, private)
             got = copy(probe.detach().contiguous(memory_format=torch.channels_last) if fused else probe.detach())
             err = (got.detach() - out.detach()).abs().max()
             scale = out.detach().abs().max().clamp_min(1e-6)
@@ -415,8 +416,7 @@ def _plan(net: nn.Module, x: torch.Tensor, fuse: bool = False
                 log.info("featvis fast path: folding BatchNorm changes %s's logits by %.3g; running it as it is",
                          type(net).__name__, float(err))
                 return None
-            if fused and not _fused_gradient_ok(net, _folded_copy(net, dict(net.named_modules()), pairs, True)[0],
-                                                copy, probe.detach()):
+            if fused and not _fused_gradient_ok(net, _folded_copy(net, mods, pairs, True)[0], copy, probe.detach()):
                 log.info("featvis fast path: fused ReLU6 changes %s's gradient; not fusing", type(net).__name__)
                 fused, private = {}, set()
     return pairs, fused, private
