@@ -386,3 +386,23 @@ def test_batched_and_double_backward_through_the_in_place_mask():
             torch.testing.assert_close(batched[i], torch.autograd.grad(out[:, i].sum(), x, retain_graph=True)[0])
         g = torch.autograd.grad(out[:, 0].sum(), x, create_graph=True)[0]
         torch.testing.assert_close(g.detach(), torch.autograd.grad(clf(x)[:, 0].sum(), x)[0])
+
+
+def test_a_first_call_under_inference_mode_leaves_the_copy_usable_for_gradients(clf, photos):
+    """Issue 22.1: `with torch.inference_mode(): clf(x)` (how torchvision and timm document prediction) built the
+    copy from inference tensors, and every later gradient failed with "Inference tensors cannot be saved for
+    backward"."""
+    x = photos["chelsea"]
+    fast.refresh(clf)
+    want = fv.saliency(clf, x, method="integrated-gradients", steps=4)
+    fast.refresh(clf)  # the copy is rebuilt at the next call, which is inside inference mode
+    with torch.inference_mode():
+        logits = clf(x)
+    assert int(logits.argmax()) == 282  # tiger cat
+    assert fast.status(clf)["active"]
+    for method in ("gradient", "gradcam"):
+        assert float(fv.saliency(clf, x, method=method).sum()) > 0
+    got = fv.saliency(clf, x, method="integrated-gradients", steps=4)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    with torch.inference_mode():  # and a copy made outside stays usable inside
+        assert int(clf(x).argmax()) == 282

@@ -195,7 +195,11 @@ def fast_logits(clf: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     entry = per_net.get(opts)
     if entry is None or (entry.builds <= MAX_BUILDS and not entry.fresh(net, modules)):
         builds = 0 if entry is None else entry.builds
-        entry = per_net[opts] = _build(net, x, opts, modules) if builds < MAX_BUILDS else _Entry(None, opts)
+        # Built outside inference mode even when the first call is inside it (`with torch.inference_mode(): clf(x)`,
+        # as torchvision and timm document prediction): a folded weight made there is an inference tensor, and every
+        # later gradient through the copy would fail with "Inference tensors cannot be saved for backward".
+        with torch.inference_mode(False):
+            entry = per_net[opts] = _build(net, x, opts, modules) if builds < MAX_BUILDS else _Entry(None, opts)
         entry.builds = builds + 1
         if entry.builds > MAX_BUILDS:
             log.info("featvis fast path: %s changed %d times; running it as it is from now on",
@@ -615,9 +619,10 @@ class _SameConv2d(nn.Module):
         """The weight with a zero first row/column added where `extra` says (one more padding after than before)."""
         weight = self._wide.get(extra)
         if weight is None or weight.device != self.weight.device or weight.dtype != self.weight.dtype:
-            weight = F.pad(self.weight.detach(), (extra[1], 0, extra[0], 0))
-            if self.weight.is_contiguous(memory_format=torch.channels_last):
-                weight = weight.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(False):  # cached: made under inference mode it could never be used in a backward
+                weight = F.pad(self.weight.detach(), (extra[1], 0, extra[0], 0))
+                if self.weight.is_contiguous(memory_format=torch.channels_last):
+                    weight = weight.contiguous(memory_format=torch.channels_last)
             self._wide[extra] = weight
         return weight
 
