@@ -8,6 +8,7 @@ leaves either the old file or the new one — never half of one. Temporary files
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import math
@@ -121,6 +122,48 @@ def clean_temporaries(folder: str | os.PathLike) -> int:
         if p.is_file():
             p.unlink(missing_ok=True)
             n += 1
+    return n
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else what `platform` knows)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def numerics() -> dict[str, Any]:
+    """What the floats of a run depend on besides the code and the seed: the CPU, the kernel set torch dispatches to
+    on it (oneDNN/MKL pick AVX2, AVX-512 or AMX code by CPU, and their sums round differently), torch's threads
+    (a reduction split over more threads adds in another order) and the precision switches."""
+    import torch
+
+    out: dict[str, Any] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                           "interop_threads": torch.get_num_interop_threads(),
+                           "mkldnn": bool(torch.backends.mkldnn.is_available()),
+                           "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                           "deterministic": torch.are_deterministic_algorithms_enabled()}
+    with contextlib.suppress(AttributeError, RuntimeError):
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    if torch.cuda.is_available():
+        out["cuda"] = torch.version.cuda
+        out["cudnn"] = torch.backends.cudnn.version()
+        out["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return out
+
+
+def clean_temporaries_of(path: str | os.PathLike) -> int:
+    """Remove the temporary files a killed writer of `path` left beside it (`.NAME.XXXX.tmp`); returns how many.
+    Called before a redone item writes `path`: each item is written by one worker at a time."""
+    target = Path(path)
+    n = 0
+    with contextlib.suppress(OSError):
+        for p in target.parent.glob(f".{glob.escape(target.name)}.*{TMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
     return n
 
 

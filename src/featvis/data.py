@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from featvis.errors import FeatvisError, closest, display_path
+from featvis.errors import SHOWN_PATH_CHARS, FeatvisError, closest, display_path, path_kind
 from featvis.images import IMAGE_SUFFIXES
 
 LIST_SUFFIXES = {".txt", ".csv", ".tsv", ".lst"}
@@ -39,11 +39,22 @@ def shown(path: str | os.PathLike) -> str:
     return display_path(path)
 
 
+def _said(path: str | os.PathLike) -> str:
+    """A path for a message: printable, and cut in the middle when very long."""
+    return display_path(path, SHOWN_PATH_CHARS)
+
+
+def _real(path: str | os.PathLike) -> str:
+    """The absolute path with links resolved as far as they go: unlike `Path.resolve`, a symlink loop is no error
+    here (the item is kept, and reading it says what is wrong)."""
+    return os.path.realpath(path)
+
+
 def item_key(path: str | os.PathLike) -> str:
     """A file-name-safe key for an input file: its stem plus a short hash of its resolved path (no collisions)."""
     p = Path(path)
     stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in shown(p.stem))[:60] or "image"
-    return f"{stem}-{hashlib.sha1(os.fsencode(p.resolve())).hexdigest()[:8]}"
+    return f"{stem}-{hashlib.sha1(os.fsencode(_real(p))).hexdigest()[:8]}"
 
 
 def item_seed(seed: int, key: str) -> int:
@@ -66,15 +77,19 @@ class Item:
     label: int | None = None  # the true class, when the dataset knows it
     label_name: str | None = None  # the name as written in the dataset (folder / CSV), for messages
     seed: int = 0
+    rel: str | None = None  # the path as the user knows it: relative to the one input folder, else as given
 
     @property
     def name(self) -> str:
-        """What to show for this item (the file name, or the unit's key)."""
+        """What to show for this item: its path relative to the input root (`cats/001.jpg`, so two `001.jpg` of an
+        ImageFolder stay apart), else the file name, or the unit's key."""
+        if self.rel:
+            return shown(self.rel)
         return shown(Path(self.path).name) if self.path is not None else self.key
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "path": None if self.path is None else shown(self.path), "value": self.value,
-                "label": self.label, "label_name": self.label_name, "seed": self.seed}
+                "label": self.label, "label_name": self.label_name, "seed": self.seed, "name": self.name}
 
 
 @dataclass(frozen=True)
@@ -106,33 +121,42 @@ class Dataset:
         if not inputs:
             raise FeatvisError("no inputs given; name image files, folders, globs or a .txt/.csv list")
         found: list[tuple[Path, str | None]] = []
+        roots: list[Path] = []  # the folder inputs: items are shown relative to the one root, if there is one
         for raw in inputs:
             text = os.fspath(raw)
             p = Path(text).expanduser()
-            if p.is_dir():
+            globbed = any(ch in str(text) for ch in "*?[")
+            kind = "missing" if globbed and not os.path.lexists(p) else path_kind(p)
+            if kind == "dir":
+                roots.append(p)
                 found += _image_folder(p) if imagefolder else [(f, None) for f in _walk(p)]
-            elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            elif kind == "file" and p.suffix.lower() in LIST_SUFFIXES:
                 found += _listing(p)
-            elif p.is_file():
+            elif kind == "file":
                 found.append((p, None))
-            elif any(ch in str(text) for ch in "*?["):
+            elif kind == "other":
+                raise FeatvisError(f"input '{_said(text)}' is not a regular file or folder (a pipe, socket or "
+                                   "device); pass image files, folders, globs or a .txt/.csv list")
+            elif globbed:
                 hits = sorted(Path(h) for h in globlib.glob(os.path.expanduser(str(text)), recursive=True))
-                hits = [h for h in hits if h.is_file() and h.suffix.lower() in IMAGE_SUFFIXES]
+                hits = [h for h in hits if h.suffix.lower() in IMAGE_SUFFIXES and _is_candidate(h)]
                 if not hits:
-                    raise FeatvisError(f"pattern '{shown(text)}' matches no image files")
+                    raise FeatvisError(f"pattern '{_said(text)}' matches no image files")
                 found += [(h, None) for h in hits]
             else:
-                raise FeatvisError(f"input '{shown(text)}' does not exist")
+                raise FeatvisError(f"input '{_said(text)}' does not exist")
         if not found:
             raise FeatvisError("the inputs hold no image files")
         resolved = _resolve_labels(found, labels)
+        root = roots[0] if len(roots) == 1 and len(inputs) == 1 else None
         items, seen = [], set()
         for path, (label, name) in resolved:
             key = item_key(path)
             if key in seen:
                 continue
             seen.add(key)
-            items.append(Item(key, os.fspath(path.resolve()), label=label, label_name=name))
+            rel = os.path.relpath(path, root) if root is not None else os.fspath(path)
+            items.append(Item(key, _real(path), label=label, label_name=name, rel=rel))
         spec = {"inputs": [shown(i) for i in inputs], "imagefolder": imagefolder, "count": len(items)}
         return cls(tuple(items), spec)
 
@@ -189,23 +213,37 @@ def _walk(root: Path) -> list[Path]:
         try:
             entries = sorted(os.scandir(d), key=lambda e: os.fsencode(e.name))
         except OSError as e:
-            raise FeatvisError(f"cannot list folder '{shown(d)}': {e.strerror}") from None
+            raise FeatvisError(f"cannot list folder '{_said(d)}': {e.strerror}") from None
         subdirs = []
         for e in entries:
             if e.is_dir(follow_symlinks=False):
                 subdirs.append(Path(e.path))
-            elif e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and not e.name.startswith("."):
+            elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES and not e.name.startswith(".") \
+                    and _is_candidate(Path(e.path)):
                 out.append(Path(e.path))
         stack.extend(reversed(subdirs))
     if not out:
-        raise FeatvisError(f"folder '{shown(root)}' holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FeatvisError(f"folder '{_said(root)}' holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return out
 
 
+def _is_candidate(path: Path) -> bool:
+    """An image-named entry worth an item: a regular file, or one the OS cannot look up (a symlink loop, no
+    permission), kept so that reading it records one line saying what is wrong, as for any unreadable image.
+    Dangling links and folders named like images are no images."""
+    try:
+        return path_kind(path) == "file"
+    except FeatvisError:
+        return True
+
+
 def _image_folder(root: Path) -> list[tuple[Path, str | None]]:
-    classes = sorted(e for e in root.iterdir() if e.is_dir() and not e.name.startswith("."))
+    try:
+        classes = sorted(e for e in root.iterdir() if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise FeatvisError(f"cannot list folder '{_said(root)}': {e.strerror}") from None
     if not classes:
-        raise FeatvisError(f"'{shown(root)}' has no class sub-folders; an ImageFolder layout is ROOT/CLASS/IMAGE "
+        raise FeatvisError(f"'{_said(root)}' has no class sub-folders; an ImageFolder layout is ROOT/CLASS/IMAGE "
                            "(drop --imagefolder to read it as a plain folder)")
     out = []
     for d in classes:
@@ -214,7 +252,7 @@ def _image_folder(root: Path) -> list[tuple[Path, str | None]]:
         except FeatvisError:
             continue  # an empty class folder holds nothing to do
     if not out:
-        raise FeatvisError(f"'{shown(root)}' holds no image files in its class folders")
+        raise FeatvisError(f"'{_said(root)}' holds no image files in its class folders")
     return out
 
 
@@ -223,14 +261,16 @@ def _listing(path: Path) -> list[tuple[Path, str | None]]:
     base = path.parent
     try:
         text = path.read_text("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise FeatvisError(f"cannot read list '{shown(path)}': {e}") from None
+    except OSError as e:
+        raise FeatvisError(f"cannot read list '{_said(path)}': {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise FeatvisError(f"list '{_said(path)}' is not UTF-8 text; save it as UTF-8 (one path per line)") from None
     rows: list[tuple[str, str | None]] = []
     if path.suffix.lower() in (".csv", ".tsv"):
         reader = csv.reader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         table = [r for r in reader if r and any(c.strip() for c in r)]
         if not table:
-            raise FeatvisError(f"list '{shown(path)}' is empty")
+            raise FeatvisError(f"list '{_said(path)}' is empty")
         header = [h.strip().lower() for h in table[0]]
         pcol = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
         lcol = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
@@ -247,13 +287,17 @@ def _listing(path: Path) -> list[tuple[Path, str | None]]:
     for name, label in rows:
         p = Path(name).expanduser()
         p = p if p.is_absolute() else base / p
-        (out if p.is_file() else missing).append((p, label))
+        try:
+            kind = path_kind(p, "entry")
+        except FeatvisError as e:
+            raise FeatvisError(f"list '{_said(path)}': {e}") from None
+        (out if kind == "file" else missing).append((p, label))
     if missing:
-        first = ", ".join(f"'{shown(m[0])}'" for m in missing[:3])
-        raise FeatvisError(f"list '{shown(path)}' names {len(missing)} file(s) that do not exist ({first}"
+        first = ", ".join(f"'{_said(m[0])}'" for m in missing[:3])
+        raise FeatvisError(f"list '{_said(path)}' names {len(missing)} file(s) that do not exist ({first}"
                            f"{', …' if len(missing) > 3 else ''}); fix the list (paths are relative to its folder)")
     if not out:
-        raise FeatvisError(f"list '{shown(path)}' names no files")
+        raise FeatvisError(f"list '{_said(path)}' names no files")
     return out
 
 

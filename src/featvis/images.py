@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from featvis.errors import FeatvisError, display_path
+from featvis.errors import SHOWN_PATH_CHARS, FeatvisError, display_path, path_kind
 
 MAX_PIXELS = 64_000_000  # 8000×8000; larger files are refused as possible decompression bombs
 MIN_SIDE = 8  # smaller images carry no usable content for an ImageNet model
@@ -64,12 +64,15 @@ def open_image(src: str | os.PathLike | bytes | Image.Image, *, max_pixels: int 
         if not src:
             raise FeatvisError("image data is empty (0 bytes)")
         return _decode(_identify(io.BytesIO(src), "<bytes>", max_pixels), "<bytes>", max_pixels, min_side)
-    name = f"'{display_path(src)}'"
+    name = f"'{display_path(src, SHOWN_PATH_CHARS)}'"
     path = Path(src)
-    if not path.exists():
+    kind = path_kind(path, "image")
+    if kind == "missing":
         raise FeatvisError(f"image {name} does not exist")
-    if path.is_dir():
+    if kind == "dir":
         raise FeatvisError(f"{name} is a folder; pass image files (the CLI accepts folders)")
+    if kind == "other":
+        raise FeatvisError(f"{name} is not a regular file (a pipe, socket or device); pass image files")
     try:
         fp = path.open("rb")
     except OSError as e:
@@ -318,16 +321,17 @@ def image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
-        if p.is_dir():
+        kind = path_kind(p)
+        if kind == "dir":
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FeatvisError(f"folder '{display_path(p)}' holds no image files "
+                raise FeatvisError(f"folder '{display_path(p, SHOWN_PATH_CHARS)}' holds no image files "
                                    f"({', '.join(sorted(IMAGE_SUFFIXES))})")
             files.extend(found)
-        elif p.is_file():
+        elif kind == "file":
             files.append(p)
         else:
-            raise FeatvisError(f"input '{display_path(p)}' does not exist")
+            raise FeatvisError(f"input '{display_path(p, SHOWN_PATH_CHARS)}' does not exist")
     if not files:
         raise FeatvisError("no input images given")
     return list(dict.fromkeys(files))

@@ -16,6 +16,14 @@ Differences, each explained and checked for what it is now:
 - The runs here use the user's network (FEATVIS_FAST=0), as the old CLI did: the fast copy of issue 17 (BN folded,
   channels-last) changes floats by rounding, and tests/models/test_fast.py checks it against the user's network.
 - sanity is now per image and summarized as the mean over images (was: one batch); for one image they coincide.
+
+What is reproducible across CPUs (issue 22): the golden numbers were made on one CPU, and another CPU's kernels
+round differently (oneDNN picks AVX2 / AVX-512 / AMX code by CPU; the manifest records which, under
+"numerics"). A one-shot computation (classify, a saliency map) stays within float tolerance. An attack's trajectory
+amplifies the last bits: on an AMD EPYC the lab's ascent on chelsea ended at L2 1.31396 against the stored 1.30627
+(0.6 %), with the same success, steps and L∞. So fooling runs are compared on what an attack guarantees: the same
+success, prediction, target and L∞ in 1/255 exactly, steps within ATTACK_STEPS, L2 within ATTACK_L2_RTOL, PSNR
+within ATTACK_PSNR_DB, and the saved PNG's block means within ATTACK_PIXEL_ATOL.
 """
 
 from __future__ import annotations
@@ -41,6 +49,12 @@ RUN_ROOT_COMMANDS = {
     "classvis": ["classvis", "pizza", "tick", "--preset", "lab", "--steps", "5", "--size", "64"],
     "features": ["features", "--layer", "blocks.8", "--channel", "0,1", "--steps", "5", "--size", "48"],
 }
+ATTACK_STEPS = 2  # steps may differ by this many: a step more or less to cross the target's decision boundary
+ATTACK_L2_RTOL = 0.02  # 2 %: three times the 0.6 % seen between an Intel and an AMD CPU
+ATTACK_PSNR_DB = 0.2  # PSNR moves with L2: 0.6 % of L2 is 0.05 dB
+ATTACK_PIXEL_ATOL = 2e-3  # block means (28×28 pixels) of the PNG: ±3/255 budgets; 0.5/255 is ~2e-3
+ATTACK_TOLERANCE = {"steps": ("abs", ATTACK_STEPS), "l2": ("rel", ATTACK_L2_RTOL),
+                    "psnr_db": ("abs", ATTACK_PSNR_DB), "png": ("blocks", ATTACK_PIXEL_ATOL)}
 CHANGED = {"saliency": {"smoothgrad"}, "robustness": {"*"}, "classvis": {"*"}, "features": {"*"}}  # per-image seeds now (see the module docstring)
 
 
@@ -100,7 +114,27 @@ def extract(run: Path, name: str) -> dict:
     return out
 
 
-def _close(a, b, path: str) -> None:
+def _within(a, b, rule: tuple[str, float], path: str) -> None:
+    kind, tol = rule
+    if kind == "abs":
+        assert abs(a - b) <= tol, f"{path}: {a} vs {b} (tolerance ±{tol})"
+    elif kind == "rel":
+        assert a == pytest.approx(b, rel=tol), f"{path}: {a} vs {b} (tolerance rel {tol})"
+    else:  # blocks(): sum (relative, over all pixels), then max and block means (absolute)
+        assert len(a) == len(b), path
+        assert a[0] == pytest.approx(b[0], rel=tol / 10), f"{path}.sum: {a[0]} vs {b[0]}"
+        worst = max(abs(x - y) for x, y in zip(a[1:], b[1:], strict=True))
+        assert worst <= tol, f"{path}: a block mean moved by {worst:.2e} (tolerance {tol})"
+
+
+def _close(a, b, path: str, rules: dict | None = None) -> None:
+    if rules:
+        for key, rule in rules.items():
+            if isinstance(a, dict) and key in a:
+                _within(a[key], b[key], rule, f"{path}.{key}")
+        if isinstance(a, dict):
+            a = {k: v for k, v in a.items() if k not in rules}
+            b = {k: v for k, v in b.items() if k not in rules}
     if isinstance(a, dict):
         assert set(a) == set(b), path
         for k in a:
@@ -154,7 +188,7 @@ def test_outputs_are_unchanged(runs, name):
                     b[d].pop(m), n[d].pop(m)
             for d in ("deletion", "insertion"):  # the random baseline map is drawn per image too
                 b[d].pop("random"), n[d].pop("random")
-        _close(n, b, f"{name}/{key}")
+        _close(n, b, f"{name}/{key}", ATTACK_TOLERANCE if name.startswith("fool") else None)
 
 
 if __name__ == "__main__":  # remake the golden file from runs of the old CLI in OLD_RUN_ROOT/<name>

@@ -294,7 +294,9 @@ def run_command(task, inputs: list[str] | None, shared: dict[str, Any], data: di
                   "summary": run.summary, "items": run.items, "failed": run.failed, "counts": counts})
         elif not quiet:
             if run.items:
-                print_table(type(task).overview(run), run.model_id)
+                tables = type(task).overview(run)
+                for i, table in enumerate(tables if isinstance(tables, list) else [tables]):
+                    print_table(table, run.model_id if i == 0 else None)
             if keep:
                 say(f"results in {run.folder} ({counts.get('done', len(run.items))} done, {len(run.failed)} failed)")
     if run.failed and not run.items:
@@ -311,10 +313,14 @@ def emit(obj: Any) -> None:
 
 
 def cell(v: Any) -> str:
+    """A table value: floats with three decimals everywhere (a probability of 1 reads 1.000, as 0.998 beside it
+    does), large ones with thousands separators; integers as they are."""
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return "-" if not math.isfinite(v) else (f"{int(v)}" if v.is_integer() and abs(v) >= 1 else f"{v:.3f}")
+        if not math.isfinite(v):
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 10_000 else f"{v:.3f}"
     return "-" if v is None else str(v)
 
 
@@ -322,14 +328,16 @@ def print_table(table, model_id: str | None = None, limit: int = TABLE_ROWS) -> 
     """A task table (featvis.tasks.Table) on the terminal; long tables are cut with a note."""
     if table is None:
         return
-    t = Table(*table.header)
+    # The caption is the table's title, on stdout with it: on stderr it landed after the table when both were
+    # redirected to one file (stdout is block-buffered there).
+    title = f"{table.caption} — {model_id}" if model_id else table.caption
+    t = Table(*table.header, title=escape(title), title_justify="left")
     for row in list(table.rows)[:limit]:
         t.add_row(*(escape(cell(v)) for v in row))
-    if model_id:
-        say(f"{table.caption} — {model_id}")
     out_console.print(t)
     if len(table.rows) > limit:
-        say(f"… and {len(table.rows) - limit} more rows in results.json")
+        out_console.print(f"… and {len(table.rows) - limit} more rows in results.json", markup=False,
+                          highlight=False)
 
 
 def print_rows(header: list[str], rows: list[list[Any]], as_json: bool, records: Any) -> None:

@@ -142,8 +142,8 @@ class Task:
         return Section(cls.title or cls.name, "")
 
     @classmethod
-    def overview(cls, run) -> Table | None:
-        """The table a terminal shows when the run ends (default: the section's first table)."""
+    def overview(cls, run) -> Table | list[Table] | None:
+        """The table(s) a terminal shows when the run ends (default: the section's first table)."""
         tables = cls.section(run).tables
         return tables[0] if tables else None
 
@@ -183,8 +183,12 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def short_name(path: str | None) -> str:
-    """The file name of an input for tables (or '-')."""
+def item_name(record: Mapping[str, Any]) -> str:
+    """What tables call an item: its `name` (the path relative to the input root, so `cats/001.jpg` and
+    `dogs/001.jpg` stay apart), else its input file's name (runs from before `name` was recorded), or '-'."""
     from featvis.data import shown
 
-    return shown(Path(path).name) if path else "-"
+    name, path = record.get("name"), record.get("input")
+    if isinstance(name, str) and name:
+        return name
+    return shown(Path(path).name) if isinstance(path, str) and path else "-"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from featvis.errors import FeatvisError
-from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
+from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,44 @@ def accuracy_summary(records: list[dict], labels, correct_key: str = "correct") 
         return {}
     return {"labelled": len(known), "accuracy": sum(bool(r[correct_key]) for r in known) / len(known),
             "per_class_accuracy": per_class(known, labels, lambda r: float(bool(r[correct_key]))),
-            "wrong": [{"key": r["key"], "input": r["input"], "label": r["label"],
-                       "predicted": r.get("predicted")} for r in known if not r[correct_key]][:200]}
+            "wrong": [{"key": r["key"], "input": r["input"], "name": r.get("name"), "label": r["label"],
+                       "label_name": _label_name(r["label"], labels), "predicted": r.get("predicted"),
+                       "predicted_name": _label_name(r.get("predicted"), labels)}
+                      for r in known if not r[correct_key]][:200]}
 
 
-def add_accuracy(section: Section, summary: Mapping[str, Any]) -> None:
-    """Accuracy, per-class accuracy and the images the model gets wrong, when the inputs had labels."""
+def _label_name(index: Any, labels) -> str | None:
+    if not isinstance(index, int) or labels is None or not 0 <= index < len(labels):
+        return None
+    return labels[index]
+
+
+def _true(record: Mapping[str, Any]) -> str:
+    """A record's true class for a table: "name (index)", or "-" when the image has none."""
+    label = record.get("label")
+    if label is None:
+        return "-"
+    name = record.get("label_name")
+    return f"{name} ({label})" if name else str(label)
+
+
+def add_accuracy(section: Section, summary: Mapping[str, Any], top_k: int | None = None) -> None:
+    """Accuracy, per-class accuracy and the images the model gets wrong, when the inputs had labels (`top_k`: add
+    the summary's top-k accuracy as a column)."""
     if "accuracy" not in summary:
         return
-    section.tables.append(Table("accuracy on the labelled images", ["images", "top-1 accuracy", "wrong"],
-                                [[summary["labelled"], summary["accuracy"], len(summary.get("wrong", []))]]))
+    k = [f"top-{top_k} accuracy"] if top_k else []
+    section.tables.append(Table("accuracy on the labelled images", ["images", "top-1 accuracy", *k, "wrong"],
+                                [[summary["labelled"], summary["accuracy"],
+                                  *([summary.get("top_k_accuracy")] if top_k else []),
+                                  len(summary.get("wrong", []))]]))
     section.tables.append(Table("accuracy per true class", ["class", "images", "top-1 accuracy"],
                                 [[c["name"], c["images"], c["mean"]] for c in summary["per_class_accuracy"]]))
     if summary.get("wrong"):
         section.tables.append(Table("images the model gets wrong", ["image", "true class", "predicted"],
-                                    [[short_name(w["input"]), w["label"], w["predicted"]] for w in
-                                     summary["wrong"]]))
+                                    [[item_name(w), _true(w), _true({"label": w.get("predicted"),
+                                                                      "label_name": w.get("predicted_name")})]
+                                     for w in summary["wrong"]]))
 
 
 @register
@@ -73,6 +95,7 @@ class ClassifyTask(Task):
                                                    for p in top],
                                    "predicted": top[0].index}
             if item.label is not None:
+                rec["label_name"] = clf.labels[item.label]
                 rec["correct"] = top[0].index == item.label
                 rec["in_top_k"] = any(p.index == item.label for p in top)
             outputs.append(Output(rec))
@@ -91,12 +114,16 @@ class ClassifyTask(Task):
         k = max((len(r.get("predictions", [])) for r in run.items), default=0)
         s = Section("Classification", "The model's most likely ImageNet classes for each photo, with softmax "
                     "probabilities. Everything below explains, fools or visualizes this same model.")
-        rows = [[short_name(r.get("input")), *(f"{p['name']} ({p['index']}) {p['prob']:.3f}"
-                                               for p in r.get("predictions", []))] for r in run.items]
-        s.tables.append(Table(f"top-{k} classes per image", ["image", *(f"top-{i + 1}" for i in range(k))], rows))
-        summ = run.summary
-        if "accuracy" in summ:
-            s.tables.append(Table(f"top-{k} accuracy", ["images", "top-1", f"top-{k}"],
-                                  [[summ["labelled"], summ["accuracy"], summ.get("top_k_accuracy")]]))
-        add_accuracy(s, summ)
+        labelled = any(r.get("label") is not None for r in run.items)
+        rows = [[item_name(r), *([_true(r)] if labelled else []),
+                 *(f"{p['name']} ({p['index']}) {p['prob']:.3f}" for p in r.get("predictions", []))]
+                for r in run.items]
+        s.tables.append(Table(f"top-{k} classes per image", ["image", *(["true class"] if labelled else []),
+                                                             *(f"top-{i + 1}" for i in range(k))], rows))
+        add_accuracy(s, run.summary, top_k=k if k > 1 else None)
         return s
+
+    @classmethod
+    def overview(cls, run) -> list[Table]:
+        """Every table: with labels, the terminal shows the accuracy, per class, and the mistakes too."""
+        return cls.section(run).tables

@@ -16,7 +16,7 @@ import numpy as np
 from featvis._registry import Option, options_from
 from featvis._types import Result as _Result
 from featvis.errors import FeatvisError, did_you_mean
-from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, register, short_name
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
 from featvis.tasks.saliency import resolve_targets
 
 CURVE_POINTS = 33  # deletion/insertion curves are stored resampled to this many points (the AUCs are exact)
@@ -204,7 +204,7 @@ class EvaluateTask(ClassTarget, Task):
             if "seed" in spec.options:
                 opts["seed"] = seeds
             maps[m] = spec(clf, x, targets, **opts)
-        titles = [f"{short_name(r['input'])}\n{r['target_name']}" for r in records]
+        titles = [f"{item_name(r)}\n{r['target_name']}" for r in records]
         return figure_png(method_strip(x, maps, titles), dpi=100)
 
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from featvis.errors import FeatvisError
-from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
+from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
+from featvis.tasks.results import Damaged
 
 PARTIALS = "partials"
 PATCH_PX = 96  # side of a saved patch (patches are resized to this)
@@ -142,8 +144,7 @@ class ExamplesTask(Task):
         for r in records:
             if "partial" not in r:
                 continue
-            p = np.load(io.BytesIO(read(r["partial"])), allow_pickle=False)
-            merged = _merge(merged, p, k)
+            merged = _merge(merged, _partial(read, r["partial"]), k)
         if not merged:
             return {"images": len(records), "channels": []}
         by_key = {r["key"]: r for r in records}
@@ -153,12 +154,13 @@ class ExamplesTask(Task):
         chans = list(self.params.channels) if self.params.channels != "all" else list(range(len(mean)))
         out = []
         for j, c in enumerate(chans):
-            top = [{"key": str(key), "input": by_key.get(str(key), {}).get("input"), "value": float(v),
-                    "pos": int(p)} for v, key, p in zip(merged["top_v"][:, j], merged["top_key"][:, j],
-                                                         merged["top_pos"][:, j], strict=True)]
-            bottom = [{"key": str(key), "input": by_key.get(str(key), {}).get("input"), "value": float(v),
-                       "pos": int(p)} for v, key, p in zip(merged["bot_v"][:, j], merged["bot_key"][:, j],
-                                                            merged["bot_pos"][:, j], strict=True)]
+            def examples(kind: str, j: int = j) -> list[dict[str, Any]]:
+                return [{"key": str(key), "input": by_key.get(str(key), {}).get("input"),
+                         "name": by_key.get(str(key), {}).get("name"), "value": float(v), "pos": int(p)}
+                        for v, key, p in zip(merged[f"{kind}_v"][:, j], merged[f"{kind}_key"][:, j],
+                                             merged[f"{kind}_pos"][:, j], strict=True)]
+
+            top, bottom = examples("top"), examples("bot")
             preds = [p for p in (by_key.get(t["key"], {}).get("predicted") for t in top) if p is not None]
             counts = {}
             for pr in preds:
@@ -223,16 +225,35 @@ class ExamplesTask(Task):
         s.tables.append(Table("channels", ["channel", "mean", "std", "max", "active", "top image",
                                            "classes of the top images"],
                               [[c["channel"], c["mean"], c["std"], c["max"], c["active"],
-                                short_name(c["top"][0]["input"]) if c["top"] else "-",
+                                item_name(c["top"][0]) if c["top"] else "-",
                                 ", ".join(f"{x['name']} ×{x['count']}" for x in c["classes_of_top"])]
                                for c in summ.get("channels", [])[:200]]))
         return s
 
 
+PARTIAL_ARRAYS = ("top_v", "top_key", "top_pos", "bot_v", "bot_key", "bot_pos", "n", "sum", "sumsq", "active", "peak",
+                  "grid")
+
+
+def _partial(read, rel: str) -> dict[str, np.ndarray]:
+    """A batch's partial read back; one that is truncated, replaced (a pickle, not a zip) or lacks an array is
+    `Damaged`, so the runner redoes that batch."""
+    blob = read(rel)
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            arrays = {name: z[name] for name in PARTIAL_ARRAYS}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:  # what np.load raises on bad bytes
+        raise Damaged(rel, f"is not a readable partial ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+            from None
+    if arrays["top_v"].shape != arrays["top_key"].shape or arrays["sum"].shape != arrays["peak"].shape:
+        raise Damaged(rel, "holds arrays of inconsistent shapes")
+    return arrays
+
+
 def _merge(acc: dict[str, Any], p, k: int) -> dict[str, Any]:
     """Fold one batch's partial into the running top-k / bottom-k and sums (exact)."""
     if not acc:
-        return {name: p[name] for name in p.files}
+        return dict(p)
     out = dict(acc)
     for kind, largest in (("top", True), ("bot", False)):
         v = np.concatenate([acc[f"{kind}_v"], p[f"{kind}_v"]])

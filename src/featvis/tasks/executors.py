@@ -8,6 +8,7 @@ current one computes. `featvis.tasks.ray_executor.RayExecutor` runs batches on a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from featvis import _progress
-from featvis._io import atomic_write_bytes
+from featvis._io import atomic_write_bytes, clean_temporaries_of
 from featvis.data import Item, shown
 from featvis.errors import FeatvisError
 from featvis.tasks.base import Batch, Task
@@ -37,10 +38,15 @@ class BatchResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
     worker: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # what the batch wrote (run-relative), so --overwrite removes it
 
 
 def worker_info() -> dict[str, Any]:
-    return {"node": socket.gethostname(), "pid": os.getpid()}
+    """Who ran a batch, and the numerics its floats depend on (torch threads, the CPU kernel set)."""
+    info: dict[str, Any] = {"node": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads()}
+    with contextlib.suppress(AttributeError, RuntimeError):
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return info
 
 
 def load_items(items: list[Item], clf) -> tuple[list[Item], torch.Tensor | None, list[dict[str, Any]]]:
@@ -53,7 +59,7 @@ def load_items(items: list[Item], clf) -> tuple[list[Item], torch.Tensor | None,
             tensors.append(load_image(it.path, clf))
             good.append(it)
         except FeatvisError as e:
-            errors.append({"key": it.key, "input": shown(it.path or ""), "error": str(e)})
+            errors.append({"key": it.key, "input": shown(it.path or ""), "name": it.name, "error": str(e)})
     return good, (torch.cat(tensors) if tensors else None), errors
 
 
@@ -80,14 +86,20 @@ def execute(task: Task, clf, items: list[Item], out: Path, loaded=None,
             try:
                 outputs = task.run(clf, Batch(good, images))
             except FeatvisError as e:  # bad input for this batch: recorded, the rest of the run goes on
-                result.errors += [{"key": it.key, "input": it.name, "error": str(e)} for it in good]
+                result.errors += [{"key": it.key, "input": shown(it.path) if it.path is not None else it.key,
+                                   "name": it.name, "error": str(e)} for it in good]
                 outputs = []
         t2 = time.perf_counter()
         for it, o in zip(good, outputs, strict=False):
             for rel, data in o.artifacts.items():
-                atomic_write_bytes(out / _safe_rel(rel), data)
+                target = out / _safe_rel(rel)
+                clean_temporaries_of(target)  # a killed writer's partial file (this batch is being redone)
+                atomic_write_bytes(target, data)
+                result.files.append(_safe_rel(rel))
             base = {"key": it.key, "input": shown(it.path) if it.path is not None else it.value,
                     "label": it.label, "seed": it.seed}
+            if it.path is not None:
+                base["name"] = it.name  # the path as the user knows it (relative to the input root)
             result.records.append(base | o.record)
     else:
         t2 = t1

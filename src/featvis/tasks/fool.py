@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featvis.errors import FeatvisError
-from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, register, short_name
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
 from featvis.tasks.classify import per_class
 
 FOOL_FIELDS = ["input", "method", "success", "steps", "original_class", "original_name", "target", "target_name",
@@ -197,14 +197,14 @@ class FoolTask(ClassTarget, Task):
                     " change in [0, 1] units; PSNR above 40 dB is invisible to most people. Success is judged on the "
                     "saved 8-bit PNG.")
         for r in run.items:
-            s.figures.append((r["figure"], f"{short_name(r.get('input'))} → {r['target_name'] or 'anything else'}"))
+            s.figures.append((r["figure"], f"{item_name(r)} → {r['target_name'] or 'anything else'}"))
         s.tables.append(Table("summary", ["images", "success rate", "median steps", "median L∞ /255", "mean L2",
                                           "median PSNR dB"],
                               [[summ.get("images"), summ.get("success_rate"), summ.get("median_steps"),
                                 summ.get("median_linf_255"), summ.get("mean_l2"), summ.get("median_psnr_db")]]))
         s.tables.append(Table("per image", ["image", "was", "target", "now", "fooled", "steps", "L∞ /255", "L2",
                                             "PSNR dB"],
-                              [[short_name(r.get("input")), r["original_name"], r["target_name"] or "(untargeted)",
+                              [[item_name(r), r["original_name"], r["target_name"] or "(untargeted)",
                                 r["predicted_name"], "yes" if r["success"] else "no", r["steps"], r["linf_255"],
                                 r["l2"], r["psnr_db"]] for r in run.items]))
         if summ.get("per_class_success"):
@@ -362,7 +362,7 @@ class RobustnessTask(ClassTarget, Task):
                               [[f"{e * scale:.3g}{unit}", f"{r:.0%}"] for e, r in
                                zip(curve["eps"], curve["fooled_rate"], strict=True)]))
         s.tables.append(Table("per image", ["image", "was", "target", "now", "smallest fooling ε"],
-                              [[short_name(r.get("input")), r["original_name"], r["target_name"] or "(untargeted)",
+                              [[item_name(r), r["original_name"], r["target_name"] or "(untargeted)",
                                 r["predicted_name"], f"{r['min_eps'] * scale:.3g}{unit}" if r["fooled"] else
                                 "not fooled"] for r in run.items]))
         if summ.get("per_class"):

@@ -11,7 +11,7 @@ import torch
 from featvis._registry import Option
 from featvis.data import Dataset
 from featvis.errors import FeatvisError, did_you_mean
-from featvis.tasks.base import Batch, Output, Section, Table, Task, register, short_name
+from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
 
 GRID_MAX = 100  # images in the run's grid.png (the rest are in images/)
 
@@ -69,15 +69,26 @@ def _render_outputs(clf, res, batch: Batch, folder: str, classes: list[int] | No
     return outputs
 
 
+def _image(read, rel: str) -> torch.Tensor:
+    """A rendered image read back; one truncated or replaced since is `Damaged` (the runner redoes it)."""
+    from featvis.images import load_image
+    from featvis.tasks.results import Damaged
+
+    blob = read(rel)
+    try:
+        return load_image(blob)
+    except FeatvisError as e:
+        raise Damaged(rel, str(e)) from None
+
+
 def _grid(records: list[dict], info: Mapping[str, Any]) -> dict[str, bytes]:
     from featvis.figures import figure_png, render_grid
-    from featvis.images import load_image
 
     shown = records[:GRID_MAX]
     read = info.get("read")
     if not shown or read is None:
         return {}
-    imgs = torch.cat([load_image(read(r["image"])) for r in shown])
+    imgs = torch.cat([_image(read, r["image"]) for r in shown])
     titles = [f"{r['title']}\n" + (f"p={r['target_prob']:.3f}" if "target_prob" in r else f"{r['score']:.2f}")
               for r in shown]
     return {"grid.png": figure_png(render_grid(imgs, titles), dpi=110)}
@@ -335,7 +346,7 @@ class AccentuateTask(Task):
                     "the photo's activations, so what grows is what in <i>this</i> photo drives the feature. Panels: "
                     "original, accentuated, and the difference.")
         for r in run.items:
-            s.figures.append((r["figure"], f"{short_name(r.get('input'))}: {r['before']:.2f} → {r['after']:.2f}"))
+            s.figures.append((r["figure"], f"{item_name(r)}: {r['before']:.2f} → {r['after']:.2f}"))
         s.tables.append(Table("per image", ["image", "before", "after", "PSNR dB"],
-                              [[short_name(r.get("input")), r["before"], r["after"], r["psnr_db"]] for r in run.items]))
+                              [[item_name(r), r["before"], r["after"], r["psnr_db"]] for r in run.items]))
         return s

@@ -55,8 +55,8 @@ class _Worker:
 
         result = execute(task, self.clf, items, Path(out))
         ctx = ray.get_runtime_context()
-        result.worker = {"node": ctx.get_node_id()[:12], "host": socket.gethostname(), "pid": os.getpid(),
-                         "actor": ctx.get_actor_id()[:12] if ctx.get_actor_id() else None}
+        result.worker |= {"node": ctx.get_node_id()[:12], "host": socket.gethostname(), "pid": os.getpid(),
+                          "actor": ctx.get_actor_id()[:12] if ctx.get_actor_id() else None}
         return result
 
     def pid(self) -> int:
@@ -88,7 +88,7 @@ class RayExecutor:
 
     def describe(self) -> dict[str, Any]:
         out = {"name": self.name, "address": self.address, "workers": self.workers, "cpus_per_worker": self.cpus,
-               "gpus_per_worker": self.gpus}
+               "gpus_per_worker": self.gpus, "threads_per_worker": max(1, round(self.cpus))}
         if self.actors:
             out["nodes"] = self.nodes()
         return out

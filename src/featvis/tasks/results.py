@@ -19,9 +19,11 @@ See docs/results-format.md for each task's fields.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +42,30 @@ def batch_id(keys: list[str]) -> str:
     return hashlib.sha1("\0".join(keys).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def write_batch(out: Path, keys: list[str], records: list[dict], errors: list[dict], worker: dict) -> Path:
-    """Record a finished batch (after its files are written)."""
+def write_batch(out: Path, keys: list[str], records: list[dict], errors: list[dict], worker: dict,
+                files: list[str] | None = None) -> Path:
+    """Record a finished batch (after its files are written; `files`: their run-relative paths)."""
     return atomic_write_json(out / RECORDS / f"{batch_id(keys)}.json",
-                             {"schema": SCHEMA, "items": records, "errors": errors, "worker": worker})
+                             {"schema": SCHEMA, "items": records, "errors": errors, "worker": worker,
+                              "files": list(files or [])})
 
 
-def read_batches(out: Path) -> tuple[dict[str, dict], dict[str, dict], dict[str, int]]:
-    """(records by key, latest errors by key for items not done, items per worker node) of the batch files."""
+class Damaged(FeatvisError):
+    """A file that a finished item wrote cannot be read back (missing, truncated, replaced): the runner forgets the
+    batch that names it and redoes it."""
+
+    def __init__(self, rel: str, problem: str) -> None:
+        super().__init__(f"{rel}: {problem}")
+        self.rel, self.problem = rel, problem
+
+
+def read_batches(out: Path, damaged: list[Path] | None = None
+                 ) -> tuple[dict[str, dict], dict[str, dict], dict[str, int]]:
+    """(records by key, latest errors by key for items not done, items per worker node) of the batch files.
+
+    A batch file is written atomically, so one that cannot be read or has the wrong shape was damaged after the
+    fact (or is not ours): it is skipped, its items are redone, and it is appended to `damaged` if given.
+    """
     records: dict[str, dict] = {}
     errors: dict[str, dict] = {}
     nodes: dict[str, int] = {}
@@ -55,18 +73,88 @@ def read_batches(out: Path) -> tuple[dict[str, dict], dict[str, dict], dict[str,
     if not folder.is_dir():
         return records, errors, nodes
     for f in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(f.read_text("utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue  # a batch file is written atomically; an unreadable one is not ours, and its items are redone
-        _check_schema(data, f)
-        for r in data.get("items", []):
+        data = _batch(f)
+        if data is None:
+            if damaged is not None:
+                damaged.append(f)
+            continue
+        node = str((data.get("worker") or {}).get("node", "local"))
+        for r in data["items"]:
             records[r["key"]] = r
-            node = (data.get("worker") or {}).get("node", "local")
             nodes[node] = nodes.get(node, 0) + 1
-        for e in data.get("errors", []):
+        for e in data["errors"]:
             errors[e["key"]] = e
     return records, {k: e for k, e in errors.items() if k not in records}, nodes
+
+
+def _batch(path: Path) -> dict[str, Any] | None:
+    """A batch file's contents if it has the shape `write_batch` gives it, else None (a newer schema is an error:
+    upgrading featvis reads it, redoing its items would not)."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, huge integers
+        return None
+    _check_schema(data, path)
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list) \
+            or not isinstance(data.get("errors", []), list) or not isinstance(data.get("worker") or {}, dict):
+        return None
+    entries = data["items"] + data.get("errors", [])
+    if not all(isinstance(r, dict) and isinstance(r.get("key"), str) and r["key"] for r in entries):
+        return None
+    return data | {"errors": data.get("errors", [])}
+
+
+def written(out: Path) -> list[Path]:
+    """Every file a run in `out` wrote, as far as its records and results say: the batches' files, any file a
+    record names, the results' run-level artifacts, the records and results themselves (for `--overwrite`)."""
+    run = Run(out, {})
+    names: set[str] = set()
+    folder = out / RECORDS
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = _batch(f)
+        if data is not None:
+            names.update(n for n in data.get("files") or [] if isinstance(n, str))
+            names.update(_strings(data["items"]))
+    with contextlib.suppress(OSError, ValueError, RecursionError):
+        results = json.loads((out / RESULTS).read_text("utf-8"))
+        if isinstance(results, dict) and isinstance(results.get("artifacts"), list):
+            names.update(a for a in results["artifacts"] if isinstance(a, str))
+    found = []
+    for name in sorted(names):
+        try:
+            path = run.file(name)
+        except FeatvisError:
+            continue
+        if path.is_file():
+            found.append(path)
+    return found
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def forget(out: Path, rel: str) -> list[str]:
+    """Delete the batch files whose records name the file `rel` (its items are then redone); their keys."""
+    keys: list[str] = []
+    folder = out / RECORDS
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = _batch(f)
+        if data is not None and any(_names(r, rel) for r in data["items"]):
+            keys += [r["key"] for r in data["items"]]
+            f.unlink(missing_ok=True)
+    return keys
+
+
+def _names(value: Any, rel: str) -> bool:
+    return any(s == rel for s in _strings(value))
 
 
 def write_results(out: Path, task: str, model: str | None, summary: dict, items: list[dict], failed: list[dict],

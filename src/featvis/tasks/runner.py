@@ -19,17 +19,20 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featvis._io import atomic_write_bytes, atomic_write_json, clean_temporaries, dumps, versions
+from featvis._io import atomic_write_bytes, atomic_write_json, clean_temporaries, dumps, numerics, versions
 from featvis.data import Dataset, Item
-from featvis.errors import FeatvisError
+from featvis.errors import FeatvisError, FeatvisWarning
 from featvis.tasks import results as fmt
 from featvis.tasks.base import Task
 from featvis.tasks.executors import make_executor
+
+MAX_REDO = 2  # batches redone because a finished item's file was damaged, before the run gives up
 
 
 @dataclass(frozen=True)
@@ -65,25 +68,38 @@ def params_hash(task: Task, clf, seed: int) -> str:
 @contextlib.contextmanager
 def folder_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run folder: a second run on the same folder fails at once instead of doing
-    all the work twice."""
+    all the work twice. The lock file is removed when the run ends, so a finished run folder holds only results."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock (said in the README)
         yield
         return
     path = out / fmt.LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise FeatvisError(f"another featvis run (pid {other}) is writing to {str(out)!r}; wait for it to "
                                "finish or choose another -o folder") from None
+        # The run that held the lock may have removed its file between our open and our flock: then we hold a lock
+        # on a file nobody else can see, and must take the one at `path` instead.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still locked: a run that opened it now sees another inode and retries
         os.close(fd)
 
 
@@ -162,6 +178,7 @@ def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | o
             "schema": fmt.SCHEMA, "task": task.name, "params": task.param_dict(), "params_hash": phash,
             "seed": seed, "model": model_info(clf), "inputs": data.spec,
             "executor": ex.describe() | {"batch_size": size}, "versions": versions(),
+            "numerics": numerics() | {"fast_path": fast_path(clf)},
             "argv": list(argv if argv is not None else sys.argv),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running",
         }
@@ -169,28 +186,21 @@ def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | o
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         status = "failed"
+        redone = 0
         try:
-            done, _, _ = fmt.read_batches(folder)
-            keys = [it.key for it in data]
-            skipped = sum(k in done for k in keys)
-            emit(Event("start", done=skipped, total=len(keys), skipped=skipped))
-            # Batches are fixed chunks of the whole item list, so a resumed run redoes exactly the batches an
-            # interrupted one left (same batch-mates, same results), and the Ray executor runs the same batches.
-            batches = [[it for it in chunk if it.key not in done] for chunk in _chunks(data.items, size)]
-            batches = [b for b in batches if b]
-            count = skipped
-
-            def on_stage(stage: str, d: float, t: float, extra: dict | None = None) -> None:
-                emit(Event("stage", done=count, total=len(keys), stage=stage, stage_done=d, stage_total=t))
-
-            for res in ex.map(task, clf, folder, batches, on_stage=on_stage):
-                fmt.write_batch(folder, res.keys, res.records, res.errors, res.worker)
-                for k, v in res.seconds.items():
-                    timings[k] = timings.get(k, 0.0) + v
-                count += len(res.records)
-                for e in res.errors:
-                    emit(Event("error", done=count, total=len(keys), message=f"{e['input']}: {e['error']}"))
-                emit(Event("batch", done=count, total=len(keys)))
+            while True:
+                skipped = _work(task, clf, data, folder, ex, size, manifest, timings, emit)
+                try:
+                    run = _finish(task, clf, data, folder, manifest, timings, t_start, skipped)
+                    break
+                except fmt.Damaged as e:  # a finished item's file is unreadable now: redo its batch, once
+                    keys = fmt.forget(folder, e.rel)
+                    if not keys or redone >= MAX_REDO:
+                        raise FeatvisError(f"run {str(folder)!r}: {e}; rerun with --overwrite to start over") \
+                            from None
+                    redone += 1
+                    warnings.warn(f"{e}; redoing the {len(keys)} item(s) of its batch", FeatvisWarning,
+                                  stacklevel=2)
             status = "done"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -202,9 +212,57 @@ def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | o
                 manifest.update(status=status, timings_s=_rounded(timings, t_start))
                 with contextlib.suppress(FeatvisError, OSError):
                     atomic_write_json(folder / fmt.MANIFEST, manifest)
-        run = _finish(task, clf, data, folder, manifest, timings, t_start, skipped)
     emit(Event("done", done=len(run.items), total=len(data), message=str(folder)))
     return run
+
+
+def _work(task: Task, clf, data: Dataset, folder: Path, ex, size: int, manifest: dict, timings: dict[str, float],
+          emit: Progress) -> int:
+    """Run every batch that holds an item not done yet; returns how many were done before."""
+    damaged: list[Path] = []
+    done, _, _ = fmt.read_batches(folder, damaged)
+    if damaged:
+        names = ", ".join(f"'{p.name}'" for p in damaged[:3]) + (" …" if len(damaged) > 3 else "")
+        warnings.warn(f"{len(damaged)} record file(s) in {str(folder / fmt.RECORDS)!r} cannot be read ({names}); "
+                      "their items are redone", FeatvisWarning, stacklevel=3)
+    keys = [it.key for it in data]
+    skipped = sum(k in done for k in keys)
+    emit(Event("start", done=skipped, total=len(keys), skipped=skipped))
+    # Batches are fixed chunks of the whole item list, so a resumed run redoes exactly the batches an interrupted
+    # one left (same batch-mates, same results), and the Ray executor runs the same batches.
+    batches = [[it for it in chunk if it.key not in done] for chunk in _chunks(data.items, size)]
+    batches = [b for b in batches if b]
+    count = skipped
+
+    def on_stage(stage: str, d: float, t: float, extra: dict | None = None) -> None:
+        emit(Event("stage", done=count, total=len(keys), stage=stage, stage_done=d, stage_total=t))
+
+    for res in ex.map(task, clf, folder, batches, on_stage=on_stage):
+        fmt.write_batch(folder, res.keys, res.records, res.errors, res.worker, res.files)
+        _note_worker(manifest, res.worker)
+        for k, v in res.seconds.items():
+            timings[k] = timings.get(k, 0.0) + v
+        count += len(res.records)
+        for e in res.errors:
+            emit(Event("error", done=count, total=len(keys), message=_error_line(e)))
+        emit(Event("batch", done=count, total=len(keys)))
+    # A worker killed while writing (Ray restarts it and redoes its batch under new temporary names) left its
+    # temporary files; every writer is done now, so none of them is anyone's.
+    clean_temporaries(folder)
+    return skipped
+
+
+def _read(folder: Path, manifest: dict) -> Callable[[str], bytes]:
+    """`read(rel)`: the bytes of a file the run's records name; a missing one is `Damaged` (its batch is redone)."""
+    run = fmt.Run(folder, manifest)
+
+    def read(rel: str) -> bytes:
+        try:
+            return run.file(rel).read_bytes()
+        except OSError as e:
+            raise fmt.Damaged(rel, f"cannot be read ({e.strerror or type(e).__name__})") from None
+
+    return read
 
 
 def _finish(task: Task, clf, data: Dataset, folder: Path, manifest: dict, timings: dict[str, float],
@@ -213,7 +271,7 @@ def _finish(task: Task, clf, data: Dataset, folder: Path, manifest: dict, timing
     items = [records[it.key] for it in data if it.key in records]
     failed = [errors[it.key] for it in data if it.key in errors]
     info = {"model": clf.id, "labels": clf.labels, "task": task.name, "clf": clf,
-            "read": lambda rel: fmt.Run(folder, manifest).file(rel).read_bytes()}
+            "read": _read(folder, manifest)}
     t0 = time.perf_counter()
     summary = task.summarize(items, info)
     artifacts = task.finalize(items, summary, info)
@@ -226,6 +284,34 @@ def _finish(task: Task, clf, data: Dataset, folder: Path, manifest: dict, timing
                     counts={"items": len(data), "done": len(items), "failed": len(failed), "skipped": skipped})
     atomic_write_json(folder / fmt.MANIFEST, manifest)
     return fmt.Run(folder, manifest, summary, items, failed, sorted(artifacts))
+
+
+def fast_path(clf) -> dict[str, Any] | str:
+    """The fast-path options in force for `clf` ("off" when its own network runs): part of a run's numerics."""
+    from dataclasses import asdict
+
+    from featvis.models import fast
+
+    opts = fast.options(clf) if hasattr(clf, "net") else None
+    return "off" if opts is None else asdict(opts)
+
+
+def _note_worker(manifest: dict, worker: dict) -> None:
+    """Record each worker's threads and CPU kernels once: runs with other threads per worker can differ in the last
+    bits (a ReLU6 boundary flips), so `featvis report` says when two runs differ in them."""
+    threads = worker.get("threads")
+    if threads is None:
+        return
+    seen = manifest["numerics"].setdefault("workers", [])
+    entry = {"node": worker.get("node", "local"), "threads": threads, "cpu_capability": worker.get("cpu_capability")}
+    if entry not in seen:
+        seen.append(entry)
+
+
+def _error_line(error: dict) -> str:
+    """An item's error as one line: the error names its file already, or gets the item's name in front."""
+    text, where = str(error.get("error", "")), str(error.get("input", ""))
+    return text if where and where in text else f"{error.get('name') or where}: {text}"
 
 
 def _rounded(timings: dict[str, float], t_start: float) -> dict[str, float]:
@@ -244,7 +330,15 @@ def _previous_manifest(folder: Path) -> dict | None:
 
 
 def _clear(folder: Path) -> None:
-    """Forget an earlier run's records and results (its files are overwritten as items are redone)."""
+    """Remove an earlier run: every file its records and results name (maps and figures of methods the new run may
+    not compute would stay behind otherwise), then its records and results; folders it leaves empty go too."""
+    root = folder.resolve()
+    for path in fmt.written(folder):
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        while parent != root and root in parent.parents and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
     for f in (folder / fmt.RECORDS).glob("*.json"):
         f.unlink()
     (folder / fmt.RESULTS).unlink(missing_ok=True)

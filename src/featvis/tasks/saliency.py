@@ -12,7 +12,7 @@ import torch
 from featvis._io import npy_bytes
 from featvis._ops import random_draw
 from featvis.errors import FeatvisError, did_you_mean
-from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, register, short_name
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
 from featvis.tasks.classify import accuracy_summary, add_accuracy, per_class
 
 SCORES = ("logit", "log-prob", "prob")
@@ -199,17 +199,17 @@ class SaliencyTask(ClassTarget, Task):
                     "beat.")
         for r in run.items:
             if "figure" in r:  # not with figures=False (--no-figures)
-                s.figures.append((r["figure"], f"{short_name(r.get('input'))}: explaining {r['target_name']} "
+                s.figures.append((r["figure"], f"{item_name(r)}: explaining {r['target_name']} "
                                                f"(p={r['prob']:.3f})"))
         if "mean_auc" in res:
             s.tables.append(Table("mean AUC over the images", ["method", "deletion AUC ↓", "insertion AUC ↑"],
                                   [[k, v["deletion"], v["insertion"]] for k, v in res["mean_auc"].items()]))
-            rows = [[short_name(r.get("input")), n, r["deletion_auc"][n], r["insertion_auc"][n]]
+            rows = [[item_name(r), n, r["deletion_auc"][n], r["insertion_auc"][n]]
                     for r in run.items for n in [*methods, "random"] if n in r.get("deletion_auc", {})]
             s.tables.append(Table("per image", ["image", "method", "deletion AUC", "insertion AUC"], rows))
         else:
             s.tables.append(Table("maps", ["image", "class explained", "p"],
-                                  [[short_name(r.get("input")), r["target_name"], r["prob"]] for r in run.items]))
+                                  [[item_name(r), r["target_name"], r["prob"]] for r in run.items]))
         if res.get("per_class_auc"):
             names = list(res["per_class_auc"])
             dele = {n: {c["class"]: c for c in res["per_class_auc"][n]["deletion"]} for n in names}
