@@ -2,10 +2,15 @@
 
 Heatmaps are scaled to [0, 1] after clipping the top `OUTLIER_PCT` % (as Captum's `outlier_perc`): per image by
 default, or one shared scale across all maps (`shared_scale=True`); each figure says which.
+
+The saliency and fooling figures are drawn for the HTML report's 1,064 px column: at the tasks' 110 dpi they are at
+most 9.6 in (four PANEL_IN panels) wide, so they show at their own pixel size, and no text is smaller than TEXT_PT
+(13.75 px at 110 dpi).
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,10 +25,27 @@ from featvis.images import to_uint8
 
 OUTLIER_PCT = 1.0
 CMAP = "inferno"
+TITLE_PT = 10  # panel titles (p, L∞, PSNR, AUCs): 15 px at 110 dpi
+TEXT_PT = 9  # the smallest text in a figure (scores, scale notes, colour-bar ticks)
+PANEL_IN = 2.4  # one image panel; four fill 9.6 in, 1,056 px at 110 dpi: the report's column shows them 1:1
+TITLE_CHARS = 30  # a title line longer than this is wrapped (about a panel's width at TITLE_PT)
+METHODS_PER_ROW = 3  # compare_methods starts a new pair of rows after this many methods
+DIFF_GAIN = 10  # the lab's magnified difference
 
 
 def _img(x: torch.Tensor) -> np.ndarray:
     return to_uint8(x)
+
+
+def _fit(text: str) -> str:
+    """A title wrapped to TITLE_CHARS per line, so a long class name does not run into the next panel."""
+    return "\n".join(textwrap.fill(line, TITLE_CHARS) or line for line in str(text).split("\n"))
+
+
+def difference_gain(delta: torch.Tensor) -> float:
+    """The factor that takes the largest |Δ| to black or white around mid-grey (0.5 + gain·Δ); 1 when Δ is zero."""
+    top = float(delta.abs().max())
+    return 0.5 / top if top > 0 else 1.0
 
 
 def scale_maps(maps: Sequence[torch.Tensor], shared: bool, signed: bool = False) -> list[np.ndarray]:
@@ -48,41 +70,46 @@ def saliency_panels(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[s
     """One row per image: image (with its class and probability) | heatmap with colour bar | overlay."""
     scaled = scale_maps(list(maps), shared_scale)
     n = len(scaled)
-    fig, axes = plt.subplots(n, 3, figsize=(9.6, 3.2 * n), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(n, 3, figsize=(4 * PANEL_IN, 3.2 * n), squeeze=False, constrained_layout=True)
     for i in range(n):
         axes[i, 0].imshow(_img(images[i]))
-        axes[i, 0].set_title(titles[i], fontsize=9)
+        axes[i, 0].set_title(_fit(titles[i]), fontsize=TITLE_PT)
         im = axes[i, 1].imshow(scaled[i], cmap=CMAP, vmin=0, vmax=1)
-        axes[i, 1].set_title(method or "saliency", fontsize=9)
-        fig.colorbar(im, ax=axes[i, 1], fraction=0.046, pad=0.02)
+        axes[i, 1].set_title(_fit(method or "saliency"), fontsize=TITLE_PT)
+        fig.colorbar(im, ax=axes[i, 1], fraction=0.046, pad=0.02).ax.tick_params(labelsize=TEXT_PT)
         axes[i, 2].imshow(overlay(images[i], scaled[i]))
-        axes[i, 2].set_title("overlay", fontsize=9)
+        axes[i, 2].set_title("overlay", fontsize=TITLE_PT)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle(f"colour scale: {'shared across images' if shared_scale else 'per image'}", fontsize=8)
+    fig.suptitle(f"colour scale: {'shared across images' if shared_scale else 'per image'}", fontsize=TEXT_PT)
     return fig
 
 
 def compare_methods(image: torch.Tensor, maps: Mapping[str, torch.Tensor], title: str, *,
                     shared_scale: bool = False, scores: Mapping[str, str] | None = None) -> plt.Figure:
-    """One image and several methods side by side: heatmaps on top, overlays below."""
+    """One image and several methods side by side: heatmaps on top, overlays below (with `scores` as their titles);
+    after METHODS_PER_ROW methods a new pair of rows starts, so the figure stays readable at the report's width."""
     names = list(maps)
     scaled = scale_maps([maps[n] for n in names], shared_scale)
-    cols = len(names) + 1
-    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 5.6), squeeze=False, constrained_layout=True)
+    pairs = max(1, -(-len(names) // METHODS_PER_ROW))
+    per_row = max(1, -(-len(names) // pairs))  # balanced: 4 methods are two rows of 2, not 3 and 1
+    fig, axes = plt.subplots(2 * pairs, per_row + 1, figsize=(PANEL_IN * (per_row + 1), 2.6 * 2 * pairs),
+                             squeeze=False, constrained_layout=True)
     axes[0, 0].imshow(_img(image))
-    axes[0, 0].set_title(title, fontsize=9)
-    axes[1, 0].axis("off")
-    for j, (name, heat) in enumerate(zip(names, scaled, strict=True), start=1):
-        im = axes[0, j].imshow(heat, cmap=CMAP, vmin=0, vmax=1)
-        axes[0, j].set_title(name, fontsize=9)
-        axes[1, j].imshow(overlay(image, heat))
+    axes[0, 0].set_title(_fit(title), fontsize=TITLE_PT)
+    im = None
+    for j, (name, heat) in enumerate(zip(names, scaled, strict=True)):
+        row, col = 2 * (j // per_row), 1 + j % per_row
+        im = axes[row, col].imshow(heat, cmap=CMAP, vmin=0, vmax=1)
+        axes[row, col].set_title(_fit(name), fontsize=TITLE_PT)
+        axes[row + 1, col].imshow(overlay(image, heat))
         if scores and name in scores:
-            axes[1, j].set_title(scores[name], fontsize=8)
-    fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.02)
+            axes[row + 1, col].set_title(_fit(scores[name]), fontsize=TEXT_PT)
+    if im is not None:
+        fig.colorbar(im, ax=axes[0, -1], fraction=0.046, pad=0.02).ax.tick_params(labelsize=TEXT_PT)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle(f"colour scale: {'shared across methods' if shared_scale else 'per map'}", fontsize=8)
+    fig.suptitle(f"colour scale: {'shared across methods' if shared_scale else 'per map'}", fontsize=TEXT_PT)
     return fig
 
 
@@ -195,28 +222,34 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
 def fooling_panels(result, max_rows: int = 8) -> plt.Figure:
     """The lab's panels, one row per image: original | fooled | difference | difference ×10.
 
-    Differences are shown around mid-grey (0.5 + Δ), as the lab does; ×10 magnifies the same Δ.
+    Differences are shown around mid-grey (0.5 + gain·Δ). The plain Δ of an attack within 3/255 spans seven grey
+    levels, so the third panel scales each image's Δ until its largest change is black or white (`difference_gain`,
+    the factor in its title); the fourth is the lab's fixed ×DIFF_GAIN.
     """
     n = min(result.images.shape[0], max_rows)
-    fig, axes = plt.subplots(n, 4, figsize=(11, 2.9 * n), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(n, 4, figsize=(4 * PANEL_IN, 2.9 * n), squeeze=False, constrained_layout=True)
     rows = result.records()
     for i in range(n):
         r = rows[i]
         delta = result.images[i] - result.original[i]
         axes[i, 0].imshow(_img(result.original[i]))
-        axes[i, 0].set_title(f"{r['original_name']}\np={r['original_prob_before']:.3f}", fontsize=9)
+        axes[i, 0].set_title(f"{_fit(r['original_name'])}\np={r['original_prob_before']:.3f}", fontsize=TITLE_PT)
         axes[i, 1].imshow(_img(result.images[i]))
         shown = r["target_name"] if r["target"] is not None else r["predicted_name"]
         p = r["target_prob_after"] if r["target"] is not None else None
         verdict = "fooled" if r["success"] else "not fooled"
-        axes[i, 1].set_title(f"{shown}{f' p={p:.3f}' if p is not None else ''}\n{verdict}, {r['steps']} steps",
-                             fontsize=9)
-        axes[i, 2].imshow(_img((0.5 + delta).clamp(0, 1)))
-        axes[i, 2].set_title(f"difference\nL∞ {r['linf_255']}/255, L2 {r['l2']:.2f}", fontsize=9)
-        axes[i, 3].imshow(_img((0.5 + 10 * delta).clamp(0, 1)))
-        axes[i, 3].set_title(f"difference ×10\nPSNR {r['psnr_db']:.1f} dB", fontsize=9)
+        axes[i, 1].set_title(f"{_fit(shown)}{f' p={p:.3f}' if p is not None else ''}\n{verdict}, {r['steps']} steps",
+                             fontsize=TITLE_PT)
+        gain = difference_gain(delta)
+        axes[i, 2].imshow(_img((0.5 + gain * delta).clamp(0, 1)))
+        axes[i, 2].set_title(f"difference ×{gain:.3g}{' (no change)' if not delta.any() else ''}\n"
+                             f"L∞ {r['linf_255']}/255, L2 {r['l2']:.2f}", fontsize=TITLE_PT)
+        axes[i, 3].imshow(_img((0.5 + DIFF_GAIN * delta).clamp(0, 1)))
+        axes[i, 3].set_title(f"difference ×{DIFF_GAIN}\nPSNR {r['psnr_db']:.1f} dB", fontsize=TITLE_PT)
     for ax in axes.flat:
         ax.axis("off")
+    fig.suptitle(f"differences around mid-grey: scaled per image until its largest change is black or white, then "
+                 f"×{DIFF_GAIN} (the lab's)", fontsize=TEXT_PT)
     return fig
 
 
