@@ -153,7 +153,10 @@ class Classifier(nn.Module):
         out = []
         with frozen(self):
             for chunk in images.split(batch_size):
-                probs = self(chunk.to(self.device)).softmax(-1)
+                logits = self(chunk.to(self.device))
+                if not bool(torch.isfinite(logits).all()):  # softmax would print prob=nan (issue 22)
+                    raise _nonfinite_logits(self, logits)
+                probs = logits.softmax(-1)
                 top = probs.topk(k, dim=-1)
                 for p_row, i_row in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                     out.append([Prediction(i, self.labels[i], p) for i, p in zip(i_row, p_row, strict=True)])
@@ -161,6 +164,22 @@ class Classifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_size={self.input_size}, classes={len(self.labels)}"
+
+
+def _nonfinite_logits(clf: Classifier, logits: torch.Tensor) -> FeatvisError:
+    """Why a prediction came out NaN: the weights holding NaN/inf by name, or else an overflow in the network."""
+    from featvis.models.checkpoint import nonfinite_tensors
+
+    rows = int((~torch.isfinite(logits)).any(-1).sum())
+    bad = [*nonfinite_tensors(clf.net.named_parameters()), *nonfinite_tensors(clf.net.named_buffers(), nan_only=True)]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        cause = f"its weights hold NaN or inf ({', '.join(bad[:3])}{more}): load or train finite weights"
+    else:  # the images were checked finite by check_images
+        cause = ("its weights and the images are finite, so a value overflowed inside the network (float16? huge "
+                 "weights?): check its activations with torch.isfinite")
+    return FeatvisError(f"model {clf.name!r} produced non-finite logits (NaN or inf) for {rows} of {len(logits)} "
+                        f"images; {cause}")
 
 
 @contextlib.contextmanager

