@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import torch
 
 from featvis._types import Result
+from featvis.errors import FeatvisWarning
 from featvis.images import quantize
 from featvis.models.classifier import frozen
 
@@ -58,6 +60,14 @@ class FoolingResult(Result):
         return torch.where(mse > 0, 10 * torch.log10(1 / mse.clamp_min(1e-20)), torch.full_like(mse, math.inf))
 
     @property
+    def already_target(self) -> torch.Tensor:
+        """[B] bool: the model already called the original the target, so the attack had nothing to do (its
+        success after 0 steps is no evidence of anything)."""
+        if self.targets is None:
+            return torch.zeros_like(self.success)
+        return self.targets == self.original_classes
+
+    @property
     def success_rate(self) -> float:
         return float(self.success.float().mean())
 
@@ -87,7 +97,7 @@ class FoolingResult(Result):
                 "target_prob_after": None if self.target_prob_after is None else float(self.target_prob_after[i]),
                 "l2": float(self.l2[i]), "linf": float(self.linf[i]),
                 "l2_255": float(self.l2[i] * 255), "linf_255": round(float(self.linf[i] * 255)),
-                "psnr_db": float(self.psnr[i]),
+                "psnr_db": float(self.psnr[i]), "already_target": bool(self.already_target[i]),
             }
             if self.transfer is not None:
                 row["transfer_model"] = self.transfer["model"]
@@ -117,6 +127,14 @@ def finish(method: str, clf, original: torch.Tensor, raw: torch.Tensor, targets:
     tp_before = tp_after = None
     if targets is not None:
         tp_before, tp_after = p_orig.gather(1, targets[:, None])[:, 0], p_adv.gather(1, targets[:, None])[:, 0]
-    return FoolingResult(method, adv, original, targets, original_classes, predicted, success, steps,
-                         p_orig.gather(1, idx)[:, 0], p_adv.gather(1, idx)[:, 0], tp_before, tp_after,
-                         labels=clf.labels, params=params)
+    result = FoolingResult(method, adv, original, targets, original_classes, predicted, success, steps,
+                           p_orig.gather(1, idx)[:, 0], p_adv.gather(1, idx)[:, 0], tp_before, tp_after,
+                           labels=clf.labels, params=params)
+    already = result.already_target
+    if bool(already.any()):
+        which = ", ".join(f"image {i} ({result._name(int(targets[i]))})" for i in already.nonzero()[:3, 0].tolist())
+        warnings.warn(f"{int(already.sum())} of {len(already)} image(s) are already classified as their target "
+                      f"({which}{', …' if int(already.sum()) > 3 else ''}): nothing was changed, and their success "
+                      "after 0 steps says nothing about the model; pick another target", FeatvisWarning,
+                      stacklevel=3)
+    return result

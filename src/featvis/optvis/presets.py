@@ -20,7 +20,7 @@ from featvis.errors import did_you_mean
 from featvis.optvis import objectives as obj
 from featvis.optvis import transforms as T
 from featvis.optvis.param import FFTImage, MacoImage, PixelImage, Seed
-from featvis.optvis.render import PostStep, RenderResult, per_image_seeds, render, render_steps
+from featvis.optvis.render import PostStep, RenderResult, check_render, per_image_seeds, render, render_steps
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,7 @@ PRESETS.add("lucid-fast", Preset(_lucid_fast, 256, "lucid, with the model at one
 # horama's 0.05 rescaled from a range of 5 to our [0, 1] pixels. Crops of 80–100 % of the image reach p 0.79 on
 # the first 8 classes of the benchmark draw where 60–90 % reach 0.64 (benchmarks/classvis_quality.py, 200 steps, one
 # crop per step); one crop per step keeps a step at one forward+backward (horama's 6 cost 6×; `views` sets it).
+FEATURE_SIDE = 128  # default side of a feature visualization (a class visualization uses the model's input size)
 MACO_LR = 1.0
 MACO_VIEWS = 1
 MACO_BOX = (0.8, 1.0)
@@ -274,9 +275,10 @@ def visualize(clf, objective: obj.Objective, *, preset: str = "lucid", size: int
     Example:
         >>> res = visualize(clf, objectives.channel("blocks.10", 7), preset="maco", size=224, steps=128)
     """
+    check_render(size=size, steps=steps, batch=batch)
     name = PRESETS.canonical(preset)
     spec = PRESETS.get(name)
-    side = size or clf.input_size
+    side = clf.input_size if size is None else size  # size=0 is an error, not "the default"
     seeds = per_image_seeds(seed, batch)
     own, rest = spec.split(options, name)
     built = spec.build(clf, side, batch, seeds, **own)
@@ -326,7 +328,7 @@ def feature_visualization(clf, layer: str, channels: int | Sequence[int], *, neu
         channels: a channel index or a list (one image each).
         neuron: maximize only the centre neuron of each channel.
         preset: a name in `PRESETS`.
-        size: image side (default 128).
+        size: image side (default FEATURE_SIDE, 128).
         seed: an int, or one seed per channel.
 
     Example:
@@ -338,5 +340,5 @@ def feature_visualization(clf, layer: str, channels: int | Sequence[int], *, neu
     chans = [channels] if isinstance(channels, int) else list(channels)
     objective = obj.neuron(name, chans) if neuron else obj.channel(name, chans)
     titles = [f"{name}:{c}{' (centre neuron)' if neuron else ''}" for c in chans]
-    return visualize(clf, objective, preset=preset, size=size or 128, batch=len(chans), steps=steps,
-                     seed=_same_seed(seed, len(chans)), titles=titles, **options)
+    return visualize(clf, objective, preset=preset, size=FEATURE_SIDE if size is None else size, batch=len(chans),
+                     steps=steps, seed=_same_seed(seed, len(chans)), titles=titles, **options)

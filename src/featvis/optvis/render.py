@@ -120,6 +120,19 @@ def _normalized_step(param: nn.Module, lr: float) -> None:
             p.sub_(lr * p.grad / norm)
 
 
+MIN_SIDE, MAX_SIDE = 16, 1024  # below 16 px a 32×-downsampling CNN sees under one feature-map cell; above, memory
+
+
+def check_render(*, size: int | None = None, steps: int | None = None, batch: int | None = None) -> None:
+    """The one check of a render's size, steps and batch (the Python API, the tasks and the CLI all call it)."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not MIN_SIDE <= size <= MAX_SIDE):
+        raise FeatvisError(f"size must be {MIN_SIDE}..{MAX_SIDE} pixels, got {size!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise FeatvisError(f"steps must be a whole number >= 0 (0: the starting image), got {steps!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise FeatvisError(f"batch must be at least 1, got {batch!r}")
+
+
 def render_steps(clf, objective: Objective, *, param: nn.Module | None = None, size: int = 128, batch: int = 1,
                  transforms: Sequence[Transform] | None = None, steps: int = 256, optimizer: str = "adam",
                  lr: float = 0.05, seed: Seed = 0, model_size: int | None = None, views: int = 1,
@@ -143,6 +156,7 @@ def render_steps(clf, objective: Objective, *, param: nn.Module | None = None, s
         penalty: an objective added to `objective` (a regularizer, already signed to be maximized).
         post_step: (every k, fn(param, step)) operations after a step, e.g. the lab's periodic blur and clamp.
     """
+    check_render(size=size if param is None else None, steps=steps, batch=batch)
     if optimizer not in OPTIMIZERS:
         raise FeatvisError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     if views < 1:
@@ -201,6 +215,7 @@ def render(clf, objective: Objective, *, snapshots: Sequence[int] = (), callback
         >>> res.images.shape
         torch.Size([1, 3, 128, 128])
     """
+    check_render(steps=options.get("steps"), batch=options.get("batch"))
     keep = set(snapshots)
     shots: dict[int, torch.Tensor] = {}
     t0 = time.perf_counter()
@@ -210,7 +225,8 @@ def render(clf, objective: Objective, *, snapshots: Sequence[int] = (), callback
             shots[state.step] = state.images.cpu()
         if callback is not None:
             callback(state)
-    assert state is not None
+    if state is None:  # render_steps yields at least step 0; only a caller's own generator could come here
+        raise FeatvisError("the render produced no step; give steps >= 0")
     seconds = time.perf_counter() - t0
     params = {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}
     return RenderResult(state.images, state.scores, objective.name, shots, state.step, seconds, params, list(titles),

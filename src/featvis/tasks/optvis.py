@@ -11,6 +11,7 @@ import torch
 from featvis._registry import Option
 from featvis.data import Dataset
 from featvis.errors import FeatvisError, did_you_mean
+from featvis.optvis.render import check_render
 from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
 
 GRID_MAX = 100  # images in the run's grid.png (the rest are in images/)
@@ -121,10 +122,7 @@ class ClassvisParams:
         if not self.classes:
             raise FeatvisError("name at least one class (e.g. `featvis classvis tarantula`) or all classes "
                                "(--all-classes)")
-        if self.steps is not None and self.steps < 0:
-            raise FeatvisError(f"steps must be >= 0, got {self.steps}")
-        if self.size is not None and not 16 <= self.size <= 1024:
-            raise FeatvisError(f"size must be 16..1024 pixels, got {self.size}")
+        check_render(size=self.size, steps=self.steps)
 
 
 @register
@@ -200,8 +198,7 @@ class FeaturesParams:
             if not chans or min(chans) < 0:
                 raise FeatvisError(f"channels must be non-negative integers, got {self.channels!r}")
             object.__setattr__(self, "channels", tuple(dict.fromkeys(chans)))
-        if self.size is not None and not 16 <= self.size <= 1024:
-            raise FeatvisError(f"size must be 16..1024 pixels, got {self.size}")
+        check_render(size=self.size, steps=self.steps)
 
 
 @register

@@ -1,0 +1,41 @@
+"""Issue 22.11: option values out of range end in one line naming the value, never a bare AssertionError or a
+silent other result; an attack with nothing to do says so."""
+
+from __future__ import annotations
+
+import pytest
+
+import featvis as fv
+from featvis.errors import FeatvisError, FeatvisWarning
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"steps": -1}, "steps must be a whole number >= 0"),  # was: a bare AssertionError
+    ({"size": 0}, "size must be 16..1024 pixels, got 0"),  # was: a 224 px image, silently
+    ({"size": 1}, "size must be 16..1024 pixels, got 1"),  # was: a 1×1 image
+    ({"size": 5000}, "size must be 16..1024 pixels"),
+    ({"steps": 2.5}, "steps must be a whole number"),
+])
+def test_out_of_range_render_options_are_one_line(clf, options, message):
+    for call in (lambda: fv.class_visualization(clf, "pizza", **options),
+                 lambda: fv.feature_visualization(clf, "blocks.8", 0, **options)):
+        with pytest.raises(FeatvisError, match=message):
+            call()
+
+
+def test_render_refuses_negative_steps_and_an_empty_batch(clf):
+    obj = fv.objectives.class_logit("pizza")
+    with pytest.raises(FeatvisError, match="steps must be"):
+        fv.render(clf, obj, size=32, steps=-3)
+    with pytest.raises(FeatvisError, match="batch must be at least 1"):
+        fv.render(clf, obj, size=32, steps=1, batch=0)
+
+
+def test_a_target_the_model_already_predicts_is_said_not_hidden_in_a_success(clf, photos):
+    x = photos["chelsea"]  # the model calls it a tiger cat
+    with pytest.warns(FeatvisWarning, match="already classified as their target .*tiger cat"):
+        res = fv.fool(clf, x, "tiger cat")
+    assert res.success.tolist() == [True] and res.steps.tolist() == [0]  # what it was: now it is said
+    assert res.already_target.tolist() == [True] and res.records()[0]["already_target"] is True
+    other = fv.fool(clf, x, "stingray")
+    assert other.already_target.tolist() == [False] and int(other.steps[0]) > 0
