@@ -243,14 +243,15 @@ def test_damaged_lengths_do_not_allocate_when_trusted(tmp_path):
     for name, data in (("frame.pkl", frame), ("memo.pkl", memo)):
         path = tmp_path / name
         path.write_bytes(data)
-        _refused(lambda p=path: load_checkpoint(p, trust=True), name, "cannot read checkpoint", "damaged")
+        _refused(lambda p=path: load_checkpoint(p, trust=True), name, "cannot read checkpoint", "; the file is damaged")
 
 
 def test_protocol_4_pickles_need_trust(tmp_path):
     """torch's weights-only reader lacks protocol 4; such a file is refused, saying so, and loads when trusted."""
     path = tmp_path / "p4.pt"
     torch.save({"w": torch.ones(2)}, path, pickle_protocol=4)
-    _refused(lambda: load_checkpoint(path), "refusing to load", "p4.pt", "protocol", "--trust-checkpoint")
+    _refused(lambda: load_checkpoint(path), "refusing to load", "p4.pt", "in a protocol torch's weights-only reader",
+             "--trust-checkpoint")
     assert torch.equal(load_checkpoint(path, trust=True)["w"], torch.ones(2))
 
 
