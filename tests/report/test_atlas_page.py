@@ -5,10 +5,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from _report_runs import atlas_data, fake_runs
 
 import featvis as fv
 from featvis.report.atlas import build_atlas
+
+from _report_runs import atlas_data, fake_runs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -11,10 +11,11 @@ import shutil
 from html.parser import HTMLParser
 
 import pytest
-from _report_runs import atlas_data, fake_runs
 
 from featvis.report._html import script_json
 from featvis.report.atlas import build_atlas
+
+from _report_runs import atlas_data, fake_runs
 
 html5lib = pytest.importorskip("html5lib")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,18 +1,19 @@
 """Numbers no featvis run writes (issue 22, item 9): each is one line naming the file and the place, never a traceback.
 
-The rule (featvis.report._read): a manifest or results file with an integer beyond ±2**64 (or too long for Python to
+The rule (featvis._json): a manifest or results file with an integer beyond ±2**64 (or too long for Python to
 parse), nesting deeper than MAX_DEPTH, or a schema that is not a positive integer is refused, with one line.
 """
 
 from __future__ import annotations
 
 import pytest
-from _report_runs import copy_run, put_raw
 
 import featvis as fv
+from featvis._json import MAX_DEPTH
 from featvis.cli import main
 from featvis.report import build_report
-from featvis.report._read import MAX_DEPTH
+
+from _report_runs import copy_run, put_raw
 
 DEEP_LISTS = "[" * 100_000 + "]" * 100_000
 DEEP_DICTS = '{"a":' * 100_000 + "1" + "}" * 100_000

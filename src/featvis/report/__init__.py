@@ -4,7 +4,7 @@ Each run folder becomes the section its task draws (`Task.section`): an introduc
 how to read its pictures, the figures, tables of the numbers, and the parameters, model id and timings from its
 manifest. No external CSS, JS or fonts. A run folder is data that may come from someone else, so every value is
 escaped, every file the run names must lie inside its folder, only real PNG files are linked or embedded, and a file
-with numbers or nesting no featvis run writes is refused in one line (`featvis.report._read` says which and why).
+with numbers or nesting no featvis run writes is refused in one line (`featvis._json` says which and why).
 
 Figures are shown at their own pixel size, narrowed to the content column (CONTENT_PX) when wider, so the text the
 tasks draw in them (titles, p, L∞, PSNR, AUCs: at least 9 pt at 110 dpi) stays at least MIN_TEXT_PX tall; a click
@@ -200,13 +200,14 @@ def build_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLik
         embed: put the images inside the page (one file to share); otherwise the page links them relative to
             itself, so keep the run folders beside it.
     """
-    from featvis.report._read import read_checked
+
+    from featvis.tasks.results import read_run
 
     out = Path(output)
     out_file = out if out.suffix == ".html" else out / "index.html"
     out_dir = out_file.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [read_checked(d) for d in run_dirs]
+    runs = [read_run(d) for d in run_dirs]
     if not runs:
         raise FeatvisError("name at least one run folder")
     rendered = []

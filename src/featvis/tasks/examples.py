@@ -217,12 +217,14 @@ class ExamplesTask(Task):
                     f"{summ.get('images')} images)",
                     "For each channel, the images of the data set that excite it most (top) and least (bottom), "
                     "cropped to the unit's receptive field around its strongest response; next to a feature "
-                    "visualization they show what the channel answers to in real photos. Statistics are of the "
-                    "channel's spatial mean over the data set; 'active' is the share of images where its maximum "
-                    "is above zero.")
+                    "visualization they show what the channel answers to in real photos. Top and bottom images are "
+                    "ranked by the channel's spatial maximum, so even the least-exciting images can peak far above "
+                    "the mean; mean and std are of its spatial mean over every image of the data set.")
+        n = summ.get("images")
         if "sheet.png" in run.artifacts:
             s.figures.append(("sheet.png", "top examples per channel (first channels)"))
-        s.tables.append(Table("channels", ["channel", "mean", "std", "max", "active", "top image",
+        s.tables.append(Table("channels", ["channel", f"mean of spatial mean, all {n} images", "std of spatial mean",
+                                           f"highest spatial max, {n} images", "share with max > 0", "top image",
                                            "classes of the top images"],
                               [[c["channel"], c["mean"], c["std"], c["max"], c["active"],
                                 item_name(c["top"][0]) if c["top"] else "-",

@@ -192,10 +192,11 @@ class FoolTask(ClassTarget, Task):
                         "linearized model; the smallest L2 change that flips the prediction, no budget.",
         }.get(method, f"The {method} attack.")
         s = Section(f"Fooling images: {method}, target {what}",
-                    intro + " Panels: original, fooled image, the difference around grey, and the difference "
-                    "magnified ten times. L∞ is the largest change of any pixel (0–255 units), L2 the size of the whole"
-                    " change in [0, 1] units; PSNR above 40 dB is invisible to most people. Success is judged on the "
-                    "saved 8-bit PNG.")
+                    intro + " Panels: original, fooled image, the difference around grey scaled per image until "
+                    "its largest change is black or white (the factor is in its title), and the difference "
+                    "magnified ten times (the lab's). L∞ is the largest change of any pixel (0–255 units), L2 the "
+                    "size of the whole change in [0, 1] units; PSNR above 40 dB is invisible to most people. Success "
+                    "is judged on the saved 8-bit PNG.")
         for r in run.items:
             s.figures.append((r["figure"], f"{item_name(r)} → {r['target_name'] or 'anything else'}"))
         s.tables.append(Table("summary", ["images", "success rate", "median steps", "median L∞ /255", "mean L2",

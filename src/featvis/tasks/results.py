@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from featvis._io import atomic_write_json
+from featvis._json import _short, load_checked
 from featvis.errors import FeatvisError
 
 SCHEMA = 1
@@ -91,8 +92,8 @@ def _batch(path: Path) -> dict[str, Any] | None:
     """A batch file's contents if it has the shape `write_batch` gives it, else None (a newer schema is an error:
     upgrading featvis reads it, redoing its items would not)."""
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, huge integers
+        data = load_checked(path)
+    except FeatvisError:  # not UTF-8, not JSON, not an object, huge integers, deep nesting, a bad schema value
         return None
     _check_schema(data, path)
     if not isinstance(data, dict) or not isinstance(data.get("items"), list) \
@@ -165,6 +166,9 @@ def write_results(out: Path, task: str, model: str | None, summary: dict, items:
 
 def _check_schema(data: Any, path: Path) -> None:
     schema = data.get("schema") if isinstance(data, dict) else None
+    if isinstance(data, dict) and "schema" in data and (type(schema) is not int or schema < 1):
+        raise FeatvisError(f"{str(path)!r}: schema must be a positive integer, got {_short(schema)}; rerun the "
+                           "command to rewrite it")
     if isinstance(schema, int) and schema > SCHEMA:
         raise FeatvisError(f"{str(path)!r} was written by a newer featvis (results schema {schema}; this one reads "
                            f"up to {SCHEMA}); upgrade featvis to read it")
@@ -198,11 +202,16 @@ class Run:
     def file(self, rel: str) -> Path:
         """A file the run names, confined to the run folder (a name that leaves it is refused)."""
         if not isinstance(rel, str) or not rel or "\0" in rel:
-            raise FeatvisError(f"run {str(self.folder)!r} names an invalid file {rel!r}")
-        root = self.folder.resolve()
-        path = (root / rel).resolve()
+            raise FeatvisError(f"run {str(self.folder)!r} names an invalid file {_short(rel)}")
+        try:
+            root = self.folder.resolve()
+            path = (root / rel).resolve()
+        except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop (Python 3.11)
+            raise FeatvisError(f"run {str(self.folder)!r} names a file that cannot be looked up ({_short(rel)}: "
+                               f"{e})") from None
         if os.path.isabs(rel) or root not in path.parents:
-            raise FeatvisError(f"run {str(self.folder)!r} names a file outside its folder ({rel!r}); refusing it")
+            raise FeatvisError(f"run {str(self.folder)!r} names a file outside its folder ({_short(rel)}); "
+                               "refusing it")
         return path
 
 
@@ -217,13 +226,15 @@ def read_run(folder: str | os.PathLike) -> Run:
     if "schema" not in manifest or "task" not in manifest:
         raise FeatvisError(f"{str(manifest_path)!r} is from an older featvis (no results schema); rerun the command "
                            "with this version to make a report from it")
+    _inside(manifest_path, d)
     results_path = d / RESULTS
     if not results_path.is_file():
         status = manifest.get("status", "unknown")
         raise FeatvisError(f"run {str(d)!r} has no {RESULTS} (status: {status}); rerun the same command to finish it")
+    _inside(results_path, d)
     results = _load(results_path)
     _check_schema(results, results_path)
-    for name, kind in (("summary", dict), ("items", list), ("failed", list)):
+    for name, kind in (("summary", dict), ("items", list), ("failed", list), ("artifacts", list)):
         if not isinstance(results.get(name, kind()), kind):
             raise FeatvisError(f"{str(results_path)!r} is malformed ({name!r} is not a {kind.__name__}); rerun the "
                                "command to rewrite it")
@@ -233,11 +244,16 @@ def read_run(folder: str | os.PathLike) -> Run:
 
 
 def _load(path: Path) -> dict:
+    """A run's JSON file, read as one from anyone (`featvis._json.load_checked`: huge integers, deep nesting, a
+    schema that is no positive integer, bad UTF-8 are each one line)."""
+    return load_checked(path)
+
+
+def _inside(path: Path, folder: Path) -> None:
+    """Refuse a manifest or results file reached through a link that leaves its run folder."""
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FeatvisError(f"cannot read {str(path)!r}: {str(e).splitlines()[0]}; rerun the command to rewrite it") \
-            from None
-    if not isinstance(data, dict):
-        raise FeatvisError(f"{str(path)!r} is not a featvis results file (expected a JSON object)")
-    return data
+        real, root = path.resolve(), folder.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python 3.11)
+        raise FeatvisError(f"cannot read {str(path)!r}: {e}; rerun the command to rewrite it") from None
+    if root not in real.parents:
+        raise FeatvisError(f"{str(path)!r} is a link to {str(real)!r}, outside its run folder; refusing it")

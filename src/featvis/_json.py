@@ -1,17 +1,15 @@
-"""Reading a run folder for a page: `featvis.tasks.results.read_run`, after a check of its two JSON files.
+"""Reading JSON that came from a file someone else may have made: one-line errors, never a traceback.
 
-A run folder may come from someone else. Python's json module reads some files into a traceback (an integer of
-more than 4,300 digits: ValueError; lists nested 100,000 deep: RecursionError) or into values that break later (a
-400-digit integer: OverflowError in float()), and read_run accepts any schema value at or below its own. The check
-refuses, in one line naming the file and the place in it:
+Python's json module reads some files into a traceback (an integer of more than 4,300 digits: ValueError; lists
+nested 100,000 deep: RecursionError) or into values that break later (a 400-digit integer: OverflowError in
+float()). `load_checked` refuses, in one line naming the file and the place in it:
 
 - an integer outside ±2**64: featvis writes counts, indices, steps and 64-bit seeds, so such a number is damage,
   not data. The file is refused rather than the number shown as "–", because a table or a curve built from a file
   that lost numbers would show results the run never had;
 - nesting deeper than MAX_DEPTH levels (featvis writes six);
 - a `schema` that is not a positive integer ("1", null, -1, 1.5, true);
-- manifest.json or results.json reached through a link that leaves the run folder;
-- `artifacts` that is not a list.
+- text that is not UTF-8 or not JSON, and a top level that is not an object.
 
 Numbers that are not finite (`1e999` reads as inf, `NaN`) are numbers to Python; pages show them as "–".
 """
@@ -19,7 +17,6 @@ Numbers that are not finite (`1e999` reads as inf, `NaN`) are numbers to Python;
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -27,8 +24,15 @@ from typing import Any
 import numpy as np
 
 from featvis.errors import FeatvisError
-from featvis.report._html import short
-from featvis.tasks.results import MANIFEST, RESULTS, Run, read_run
+
+MESSAGE_VALUE_CHARS = 80  # a value quoted from a file in a message is cut to this
+
+
+def _short(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """repr(value) cut to `limit` characters, for quoting a value from a file in a one-line message."""
+    text = repr(value) if not isinstance(value, str) or len(value) <= 4 * limit else repr(value[:4 * limit])
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
 
 MAX_DEPTH = 32  # levels of nesting; featvis writes six (results → items → record → curves → method → points)
 INT_LIMIT = 2**64  # the largest magnitude of an integer featvis writes (a 64-bit seed)
@@ -84,7 +88,7 @@ def _place(parts: tuple) -> str:
         if isinstance(key, int):
             text += f"[{key}]"
         else:
-            name = key if key.isidentifier() and len(key) <= 40 else short(key, 40)
+            name = key if key.isidentifier() and len(key) <= 40 else _short(key, 40)
             text += f".{name}" if text else name
     return text + ("…" if len(keys) > _PATH_PARTS else "")
 
@@ -128,7 +132,7 @@ def load_checked(path: Path) -> Any:
     if "schema" in data:
         schema = data["schema"]
         if type(schema) is not int or schema < 1:
-            raise FeatvisError(f"{str(path)!r}: schema must be a positive integer, got {short(schema)}; {RERUN}")
+            raise FeatvisError(f"{str(path)!r}: schema must be a positive integer, got {_short(schema)}; {RERUN}")
     depth = _depth(raw)
     if depth > MAX_DEPTH:
         raise FeatvisError(f"{str(path)!r} nests lists or objects {depth} levels deep (featvis writes 6, reads at "
@@ -138,26 +142,3 @@ def load_checked(path: Path) -> Any:
         raise FeatvisError(f"{str(path)!r}: {where} is {value!r}, not a number featvis writes (at most ±2**64); "
                            f"{RERUN}")
     return data
-
-
-def _inside(path: Path, folder: Path) -> None:
-    try:
-        real, root = path.resolve(), folder.resolve()
-    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python 3.11)
-        raise FeatvisError(f"cannot read {str(path)!r}: {e}; {RERUN}") from None
-    if root not in real.parents:
-        raise FeatvisError(f"{str(path)!r} is a link to {str(real)!r}, outside its run folder; refusing it")
-
-
-def read_checked(folder: str | os.PathLike) -> Run:
-    """`read_run(folder)` once its manifest and results have passed the check above."""
-    d = Path(folder)
-    for name in (MANIFEST, RESULTS):
-        path = d / name
-        if not path.is_file():
-            continue  # read_run says what is missing and what to do
-        _inside(path, d)
-        data = load_checked(path)
-        if name == RESULTS and not isinstance(data.get("artifacts", []), list):
-            raise FeatvisError(f"{str(path)!r} is malformed ('artifacts' is not a list); {RERUN}")
-    return read_run(d)
