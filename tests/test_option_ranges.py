@@ -39,3 +39,15 @@ def test_a_target_the_model_already_predicts_is_said_not_hidden_in_a_success(clf
     assert res.already_target.tolist() == [True] and res.records()[0]["already_target"] is True
     other = fv.fool(clf, x, "stingray")
     assert other.already_target.tolist() == [False] and int(other.steps[0]) > 0
+
+
+def test_a_wrapped_net_whose_width_is_not_its_labels_says_so_in_one_line():
+    """22 (found by the checkpoint probe): Classifier.wrap(net) with 4 outputs and the default 1000 ImageNet names
+    ended in a raw `RuntimeError: selected index k out of range` in predict."""
+    import torch
+
+    from _models import TinyConvNet
+
+    clf = fv.Classifier.wrap(TinyConvNet(classes=4), input_size=32)
+    with pytest.raises(FeatvisError, match=r"returns \(4,\) scores per image but has 1000 class names"):
+        clf.predict(torch.rand(1, 3, 32, 32))

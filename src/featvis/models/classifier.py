@@ -156,6 +156,11 @@ class Classifier(nn.Module):
                 logits = self(chunk.to(self.device))
                 if not bool(torch.isfinite(logits).all()):  # softmax would print prob=nan (issue 22)
                     raise _nonfinite_logits(self, logits)
+                if logits.dim() != 2 or logits.shape[-1] != len(self.labels):
+                    raise FeatvisError(
+                        f"model {self.name!r} returns {tuple(logits.shape[1:])} scores per image but has "
+                        f"{len(self.labels)} class names; give its labels (Classifier.wrap(net, labels=[...]), CLI "
+                        "--labels) or check that its last layer outputs one score per class")
                 probs = logits.softmax(-1)
                 top = probs.topk(k, dim=-1)
                 for p_row, i_row in zip(top.values.tolist(), top.indices.tolist(), strict=True):
