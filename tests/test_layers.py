@@ -3,6 +3,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import featvis as fv
 from featvis.layers import capture, find_layer, forward_until, list_layers, to_spatial
@@ -131,7 +132,7 @@ def test_vit_tokens_become_feature_maps():
 def test_find_layer_names_and_errors(clf):
     assert find_layer(clf, "blocks.3")[0] == "_blocks.3"
     assert find_layer(clf, "_blocks.3.bn1")[0] == "_blocks.3._bn1"
-    with pytest.raises(fv.FeatvisError, match=r"unknown layer 'blocks.30'.*_blocks.3") as e:
+    with pytest.raises(fv.FeatvisError, match=r"unknown layer 'blocks.30'.*near names: blocks.3, ") as e:
         find_layer(clf, "blocks.30")
     assert "featvis layers" in str(e.value)
 
@@ -180,3 +181,19 @@ def test_vit_default_layer_is_the_last_attention_input():
         at_default = fv.saliency(clf, x, 0, method="gradcam", relu=False)
         at_norm = fv.saliency(clf, x, 0, method="gradcam", relu=False, layer="norm")
         assert at_default.abs().amax() > 1e-4 and at_norm.abs().amax() == 0
+
+
+def test_one_layer_name_is_shown_everywhere(clf):
+    """Issue 22: the README and CLI say `blocks.8`; tables, reports, atlas tiles and error hints said `_blocks.8`."""
+    from featvis.layers import layer_label
+
+    assert layer_label(clf, "_blocks.8") == "blocks.8" and layer_label(clf, "_blocks.3._bn1") == "blocks.3.bn1"
+    assert find_layer(clf, layer_label(clf, "_blocks.3._bn1"))[0] == "_blocks.3._bn1"  # the label finds the layer
+    with pytest.raises(fv.FeatvisError, match=r"near names: blocks\.8, "):
+        find_layer(clf, "blocks.88")
+    res = fv.feature_visualization(clf, "_blocks.2", [1], steps=0, size=32)
+    assert res.titles == ["blocks.2:1"]
+    clash = nn.Sequential()
+    clash.add_module("blocks", nn.Identity())
+    clash.add_module("_blocks", nn.Identity())
+    assert layer_label(clash, "_blocks") == "_blocks" and layer_label(clash, "blocks") == "blocks"

@@ -38,9 +38,9 @@ def test_classify_bundled_photos_json(capsys):
 def test_layers_and_models_json(capsys):
     code, out, _ = run(capsys, "layers", "--filter", "blocks.15", "--json")
     data = json.loads(out)
-    assert code == 0 and data["default_layer"] == "_bn1"
-    assert {"name": "_blocks.15", "type": "MBConvBlock", "shape": [320, 7, 7], "calls": 1}.items() <= \
-        next(layer for layer in data["layers"] if layer["name"] == "_blocks.15").items()
+    assert code == 0 and data["default_layer"] == "bn1"  # the name users type (issue 22: one name everywhere)
+    assert {"name": "blocks.15", "module": "_blocks.15", "type": "MBConvBlock", "shape": [320, 7, 7],
+            "calls": 1}.items() <= next(layer for layer in data["layers"] if layer["name"] == "blocks.15").items()
     code, out, _ = run(capsys, "models", "--json")
     assert code == 0 and any(m["name"] == "efficientnet-lite0" and m["installed"] for m in json.loads(out))
 

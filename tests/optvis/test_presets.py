@@ -39,7 +39,7 @@ def test_lucid_preset_is_recognized_by_a_model_it_was_not_optimized_for(clf):
 
 def test_feature_visualization_batches_channels(clf):
     res = feature_visualization(clf, "blocks.3", [0, 5], steps=8, size=48)
-    assert res.images.shape == (2, 3, 48, 48) and res.titles[1] == "_blocks.3:5"
+    assert res.images.shape == (2, 3, 48, 48) and res.titles[1] == "blocks.3:5"
     assert not torch.equal(res.images[0], res.images[1])
     with pytest.raises(fv.FeatvisError, match="unknown layer"):
         feature_visualization(clf, "blocks.99", 0, steps=1)

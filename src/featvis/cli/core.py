@@ -108,7 +108,7 @@ def layers(
     json: JsonOpt = False,
 ) -> None:
     """List a model's layers (dotted names) with output shapes; the default Grad-CAM layer is marked."""
-    from featvis.layers import default_layer, list_layers
+    from featvis.layers import default_layer, layer_label, list_layers
 
     clf = load_classifier(model, device, weights, trust_checkpoint)
     infos = list_layers(clf, size=size, filter=filter)
@@ -116,12 +116,14 @@ def layers(
         default = default_layer(clf)
     except ValueError:
         default = None
-    record = {"model": clf.id, "default_layer": default, "layers": [
-        {"name": i.name, "type": i.type, "shape": i.shape, "calls": i.calls, "params": i.params} for i in infos]}
+    label = lambda name: layer_label(clf, name) if name else name  # noqa: E731  (the one name users type)
+    record = {"model": clf.id, "default_layer": label(default), "layers": [
+        {"name": label(i.name), "module": i.name, "type": i.type, "shape": i.shape, "calls": i.calls,
+         "params": i.params} for i in infos]}
     if not json:
-        say(f"{clf.id}; default layer (marked *): {default}")
+        say(f"{clf.id}; default layer (marked *): {label(default)}")
     print_rows(["name", "type", "output [C, H, W]", "calls", "params"],
-               [[i.name + (" *" if i.name == default else ""), i.type, "×".join(map(str, i.shape)) if i.shape
+               [[label(i.name) + (" *" if i.name == default else ""), i.type, "×".join(map(str, i.shape)) if i.shape
                  else "-", i.calls, f"{i.params:,}"] for i in infos], json, record)
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from featvis._progress import report
 from featvis._types import Result
 from featvis.errors import FeatvisError
-from featvis.layers import capture, default_layer, find_layer, forward_until
+from featvis.layers import capture, default_layer, find_layer, forward_until, layer_label
 from featvis.models.classifier import frozen
 from featvis.optvis import transforms as T
 from featvis.optvis.param import PhotoSpectrum
@@ -209,5 +209,6 @@ def accentuate(clf, images: torch.Tensor, layer: str | None, channel: int | str 
     name = target_layer or "logits"
     if not math.isfinite(float(after.sum())):
         raise FeatvisError("accentuation diverged (non-finite activation); lower lr")
-    return AccentuationResult(photos.cpu(), final.cpu(), before.cpu(), after.cpu(), name, channels, steps, seconds,
+    shown = layer_label(clf, name) if isinstance(name, str) and name != "logits" else name
+    return AccentuationResult(photos.cpu(), final.cpu(), before.cpu(), after.cpu(), shown, channels, steps, seconds,
                               transparency.cpu(), params)

@@ -334,11 +334,12 @@ def feature_visualization(clf, layer: str, channels: int | Sequence[int], *, neu
     Example:
         >>> res = feature_visualization(clf, "blocks.8", [3, 7], preset="maco", size=224)
     """
-    from featvis.layers import find_layer
+    from featvis.layers import find_layer, layer_label
 
     name = find_layer(clf, layer)[0]
     chans = [channels] if isinstance(channels, int) else list(channels)
     objective = obj.neuron(name, chans) if neuron else obj.channel(name, chans)
-    titles = [f"{name}:{c}{' (centre neuron)' if neuron else ''}" for c in chans]
+    shown = layer_label(clf, name)
+    titles = [f"{shown}:{c}{' (centre neuron)' if neuron else ''}" for c in chans]
     return visualize(clf, objective, preset=preset, size=FEATURE_SIDE if size is None else size, batch=len(chans),
                      steps=steps, seed=_same_seed(seed, len(chans)), titles=titles, **options)

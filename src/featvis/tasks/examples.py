@@ -176,8 +176,11 @@ class ExamplesTask(Task):
                 "grid": [int(v) for v in merged["grid"]], "channels": out}
 
     def _layer_name(self, info: Mapping[str, Any]) -> str:
+        """The layer as people name it (`blocks.8`, not PyTorch's `_blocks.8`)."""
+        from featvis.layers import layer_label
+
         clf = info.get("clf")
-        return _layer_info(clf, self.params.layer)[0] if clf is not None else self.params.layer
+        return layer_label(clf, _layer_info(clf, self.params.layer)[0]) if clf is not None else self.params.layer
 
     def finalize(self, records: list[dict], summary: dict, info: Mapping[str, Any]) -> dict[str, bytes]:
         """Patches around each top/bottom example's maximum (the unit's receptive field), and a contact sheet."""

@@ -11,6 +11,7 @@ import torch
 from featvis._registry import Option
 from featvis.data import Dataset
 from featvis.errors import FeatvisError, did_you_mean
+from featvis.layers import layer_label
 from featvis.optvis.render import check_render
 from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
 
@@ -234,7 +235,8 @@ class FeaturesTask(Task):
     def units(self, clf) -> Dataset:
         name, chans = self._channels(clf)
         tail = "-neuron" if self.params.neuron else ""
-        return Dataset.of_units(((f"{name}-{c:04d}{tail}", c) for c in chans), f"channels of {name}")
+        return Dataset.of_units(((f"{name}-{c:04d}{tail}", c) for c in chans),
+                                f"channels of {layer_label(clf, name)}")
 
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis.optvis import feature_visualization
