@@ -22,9 +22,9 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from featvis.cli._progress_view import ProgressView
 from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
 
@@ -229,40 +229,6 @@ def make_executor(shared: dict[str, Any]):
     if given:
         raise FeatvisError(f"{', '.join(given)} only apply to --executor ray")
     return make(shared["executor"])
-
-
-class ProgressView:
-    """Draws the runner's events: a bar over the items with the current stage; errors as one line each."""
-
-    def __init__(self, label: str, show: bool, speak: bool) -> None:
-        self.label, self.show, self.speak = label, show, speak
-        self.bar: Progress | None = None
-        self.task_id = None
-
-    def __enter__(self) -> ProgressView:
-        if self.show:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def __call__(self, event) -> None:
-        if event.kind == "start":
-            if event.skipped and self.speak:
-                say(f"resuming: {event.skipped} of {event.total} items already done")
-            if self.bar is not None:
-                self.task_id = self.bar.add_task(escape(self.label), total=event.total, completed=event.done)
-        elif event.kind == "error":
-            if self.speak:
-                say(f"skipped {event.message}", style="yellow")
-        elif self.bar is not None and self.task_id is not None:
-            stage = f" · {escape(event.stage)} {event.stage_done:.0f}/{event.stage_total:.0f}" if event.kind == \
-                "stage" else ""
-            self.bar.update(self.task_id, completed=event.done, description=escape(self.label) + stage)
 
 
 def run_command(task, inputs: list[str] | None, shared: dict[str, Any], data: dict[str, Any]) -> int:

@@ -39,28 +39,34 @@ def demo(
 ) -> None:
     """Run the whole lab on the bundled photos and write one HTML report, DIR/index.html (the full run takes
     about 8 minutes on 2 CPU cores; --quick about a minute)."""
+    import time
+
+    from featvis.cli._progress_view import duration
     from featvis.tasks.demo import describe, run_demo
 
     clf = load_classifier(model, device)
     show = not quiet and not json and err_console.is_terminal
     views: dict[str, ProgressView] = {}
+    t0 = time.perf_counter()
 
     def progress(stage: str, i: int, n: int, event) -> None:
-        if event.kind == "start":
-            if not quiet and not json:
-                say(f"[{i}/{n}] {stage}")
-            views[stage] = ProgressView(stage, show, speak=not quiet and not json).__enter__()
+        if event.kind == "start" and stage not in views:
+            views[stage] = ProgressView(f"[{i}/{n}] {stage}", show, speak=not quiet and not json).__enter__()
         view = views.get(stage)
         if view is not None:
             view(event)
             if event.kind == "done":
                 view.__exit__(None, None, None)
+                if show:  # a log got its line from the view; a terminal's bar shows the time, and this the total
+                    say(f"[{i}/{n}] {stage} done; {duration(time.perf_counter() - t0)} since the demo started")
 
     page = run_demo(clf, output, quick=quick, overwrite=overwrite, progress=progress, embed=embed)
     if json:
-        emit({"report": str(page.resolve()), "stages": describe(quick)})
+        emit({"report": str(page.resolve()), "stages": describe(quick),
+              "seconds": round(time.perf_counter() - t0, 1)})
     else:
-        say(f"report: {page}")
+        if not quiet:
+            say(f"report: {page} (the demo took {duration(time.perf_counter() - t0)})")
         typer.echo(str(page.resolve()))
 
 

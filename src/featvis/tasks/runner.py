@@ -48,6 +48,7 @@ class Event:
     stage_done: float = 0.0
     stage_total: float = 0.0
     message: str = ""
+    batch: int = 0  # "stage": items in the batch being computed (a view can place the stage inside it)
 
 
 Progress = Callable[[Event], None]
@@ -233,11 +234,14 @@ def _work(task: Task, clf, data: Dataset, folder: Path, ex, size: int, manifest:
     batches = [[it for it in chunk if it.key not in done] for chunk in _chunks(data.items, size)]
     batches = [b for b in batches if b]
     count = skipped
+    finished = 0  # batches back: the local executor computes batches[finished] while it reports stages
 
     def on_stage(stage: str, d: float, t: float, extra: dict | None = None) -> None:
-        emit(Event("stage", done=count, total=len(keys), stage=stage, stage_done=d, stage_total=t))
+        size = len(batches[finished]) if finished < len(batches) else 0
+        emit(Event("stage", done=count, total=len(keys), stage=stage, stage_done=d, stage_total=t, batch=size))
 
     for res in ex.map(task, clf, folder, batches, on_stage=on_stage):
+        finished += 1
         fmt.write_batch(folder, res.keys, res.records, res.errors, res.worker, res.files)
         _note_worker(manifest, res.worker)
         for k, v in res.seconds.items():
