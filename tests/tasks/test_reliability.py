@@ -290,3 +290,26 @@ def test_warnings_are_one_line_in_the_cli(capsys):
         _show_warning(FeatvisWarning("a record file cannot be read\nsecond line"), FeatvisWarning, "x.py", 1)
     err = capsys.readouterr().err
     assert err == "featvis: warning: a record file cannot be read\n"
+
+
+def test_report_says_when_runs_differ_in_their_numerics(tiny, photos, tmp_path):
+    """22.7: a Ray run at 1 thread per worker and a local run at 2 differ in the last bits (a ReLU6 boundary flips);
+    the manifest records the threads per worker, and `featvis report` says when runs differ in them."""
+    from featvis.report import build_report
+    from featvis.tasks.results import numerics_differences, read_run
+
+    for name in ("a", "b"):
+        run_task(ClassifyTask(), [photos], tmp_path / name, clf=tiny)
+    assert numerics_differences([read_run(tmp_path / "a"), read_run(tmp_path / "b")]) == []
+    path = tmp_path / "b" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["numerics"]["workers"] = [{"node": "n1", "threads": 1, "cpu_capability": "AVX2"},
+                                       {"node": "n2", "threads": 1, "cpu_capability": "AVX2"}]
+    path.write_text(json.dumps(manifest))
+    differ = numerics_differences([read_run(tmp_path / "a"), read_run(tmp_path / "b")])
+    assert differ[0].startswith("threads per worker differs:") and "1 (b)" in differ[0]
+    assert any(d.startswith("cpu_capability differs") for d in differ)
+    with pytest.warns(FeatvisWarning, match="other numerics"):
+        page = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "page.html")
+    assert "These runs ran with other numerics" in page.read_text() and "threads per worker differs" in \
+        page.read_text()

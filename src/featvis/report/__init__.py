@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from featvis.errors import FeatvisError
+from featvis.errors import FeatvisError, FeatvisWarning
 from featvis.report._html import clip, esc, finite, short, write_page
 
 MAIN_PX, PAD_PX = 1100, 18  # main's max-width and side padding in STYLE (a test checks they agree)
@@ -201,7 +201,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLik
             itself, so keep the run folders beside it.
     """
 
-    from featvis.tasks.results import read_run
+    from featvis.tasks.results import numerics_differences, read_run
 
     out = Path(output)
     out_file = out if out.suffix == ".html" else out / "index.html"
@@ -224,6 +224,12 @@ def build_report(run_dirs: Sequence[str | os.PathLike], output: str | os.PathLik
         stage = ('<details><summary>time per stage</summary><div class="table-wrap"><table data-table="stage times">'
                  f"<thead><tr><th>stage</th><th>seconds</th></tr></thead><tbody>{rows}</tbody></table></div></details>")
     how = "Images are embedded." if embed else "Images are linked from the run folders beside this page."
+    differ = numerics_differences(runs)
+    if differ:  # runs at other threads/kernels differ in the last bits (issue 22.7): say so where they meet
+        warnings.warn("these runs ran with other numerics, so equal inputs can differ in the last bits: "
+                      + " | ".join(differ), FeatvisWarning, stacklevel=2)
+        how += (" <b>These runs ran with other numerics</b> (their numbers agree to float tolerance, not bit for "
+                "bit): " + "; ".join(_e(d) for d in differ) + ".")
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{_e(title)}</title><style>{STYLE}</style>'
             f"</head><body><main><h1>{_e(title)}</h1><p class='lede'>{_intro(intro)}</p>"

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +213,42 @@ class Run:
             raise FeatvisError(f"run {str(self.folder)!r} names a file outside its folder ({_short(rel)}); "
                                "refusing it")
         return path
+
+
+NUMERICS_COMPARED = ("threads per worker", "cpu_capability", "cpu", "fast_path", "float32_matmul_precision")
+
+
+def numerics_of(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """What a run's floats depend on, as text per `NUMERICS_COMPARED` (threads per worker from each worker's own
+    report where there is one: a Ray run at 1 thread per worker is not a local run at 2)."""
+    num = manifest.get("numerics")
+    if not isinstance(num, dict):
+        return {}
+    workers = [w for w in num.get("workers") or [] if isinstance(w, dict)]
+    threads = sorted({str(w.get("threads")) for w in workers}) or [str(num.get("threads"))]
+    caps = sorted({str(w.get("cpu_capability")) for w in workers if w.get("cpu_capability")}) or \
+        [str(num.get("cpu_capability"))]
+    fast = num.get("fast_path")
+    return {"threads per worker": ",".join(threads), "cpu_capability": ",".join(caps), "cpu": str(num.get("cpu")),
+            "fast_path": fast if isinstance(fast, str) else json.dumps(fast, sort_keys=True),
+            "float32_matmul_precision": str(num.get("float32_matmul_precision"))}
+
+
+def numerics_differences(runs: list[Run]) -> list[str]:
+    """One line per numerics setting in which the runs differ (empty when they agree, or record none): two runs
+    are byte-identical only at equal settings, so a comparison across them is within float tolerance only."""
+    seen = [(r, numerics_of(r.manifest)) for r in runs]
+    seen = [(r, n) for r, n in seen if n]
+    lines = []
+    for key in NUMERICS_COMPARED:
+        values: dict[str, list[str]] = {}
+        for run, n in seen:
+            values.setdefault(n.get(key, "?"), []).append(Path(run.folder).name)
+        if len(values) > 1:
+            parts = "; ".join(f"{v} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
+                              for v, names in values.items())
+            lines.append(f"{key} differs: {parts}")
+    return lines
 
 
 def read_run(folder: str | os.PathLike) -> Run:
