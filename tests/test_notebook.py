@@ -15,3 +15,8 @@ def test_example_notebook_runs_top_to_bottom():
     assert not [o for o in outputs if o.output_type == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) >= 6  # the results drew themselves
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    assert any("image/png" in o.get("data", {}) for o in last.outputs)  # a figure shows itself (issue 22)
+    shown = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs
+                    if "image/png" not in o.get("data", {}))  # what a reader sees as text (a PNG hides its repr)
+    assert "<Figure size" not in shown and "tensor(" not in shown  # no raw reprs where a picture or number belongs

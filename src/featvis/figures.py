@@ -15,9 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt
+import matplotlib.figure
 import numpy as np
 import torch
 
@@ -31,6 +29,25 @@ PANEL_IN = 2.4  # one image panel; four fill 9.6 in, 1,056 px at 110 dpi: the re
 TITLE_CHARS = 30  # a title line longer than this is wrapped (about a panel's width at TITLE_PT)
 METHODS_PER_ROW = 3  # compare_methods starts a new pair of rows after this many methods
 DIFF_GAIN = 10  # the lab's magnified difference
+
+
+class Figure(matplotlib.figure.Figure):
+    """A matplotlib figure made without pyplot: no backend is chosen or changed at import (a notebook keeps its
+    inline backend, a server needs no display), nothing global keeps it alive, and it shows itself in Jupyter as a
+    PNG (a plain Figure made this way showed `<Figure size 1100x290 with 4 Axes>`, issue 22)."""
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self, dpi=FIGURE_DPI, close=False)
+
+
+FIGURE_DPI = 100  # what a notebook shows
+
+
+def subplots(rows: int = 1, cols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True,
+             constrained_layout: bool = True, **grid) -> tuple[Figure, object]:
+    """`plt.subplots` without pyplot: a `Figure` and its axes."""
+    fig = Figure(figsize=figsize, layout="constrained" if constrained_layout else None)
+    return fig, fig.subplots(rows, cols, squeeze=squeeze, **grid)
 
 
 def _img(x: torch.Tensor) -> np.ndarray:
@@ -60,17 +77,17 @@ def scale_maps(maps: Sequence[torch.Tensor], shared: bool, signed: bool = False)
 
 def overlay(image: torch.Tensor, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """The image with a heatmap in [0, 1] blended on top (RGB uint8)."""
-    colours = plt.get_cmap(CMAP)(heat)[..., :3]
+    colours = matplotlib.colormaps[CMAP](heat)[..., :3]
     base = _img(image).astype(np.float32) / 255
     return (np.clip((1 - alpha) * base + alpha * colours, 0, 1) * 255).astype(np.uint8)
 
 
 def saliency_panels(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str], *, method: str = "",
-                    shared_scale: bool = False) -> plt.Figure:
+                    shared_scale: bool = False) -> Figure:
     """One row per image: image (with its class and probability) | heatmap with colour bar | overlay."""
     scaled = scale_maps(list(maps), shared_scale)
     n = len(scaled)
-    fig, axes = plt.subplots(n, 3, figsize=(4 * PANEL_IN, 3.2 * n), squeeze=False, constrained_layout=True)
+    fig, axes = subplots(n, 3, figsize=(4 * PANEL_IN, 3.2 * n), squeeze=False, constrained_layout=True)
     for i in range(n):
         axes[i, 0].imshow(_img(images[i]))
         axes[i, 0].set_title(_fit(titles[i]), fontsize=TITLE_PT)
@@ -86,14 +103,14 @@ def saliency_panels(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[s
 
 
 def compare_methods(image: torch.Tensor, maps: Mapping[str, torch.Tensor], title: str, *,
-                    shared_scale: bool = False, scores: Mapping[str, str] | None = None) -> plt.Figure:
+                    shared_scale: bool = False, scores: Mapping[str, str] | None = None) -> Figure:
     """One image and several methods side by side: heatmaps on top, overlays below (with `scores` as their titles);
     after METHODS_PER_ROW methods a new pair of rows starts, so the figure stays readable at the report's width."""
     names = list(maps)
     scaled = scale_maps([maps[n] for n in names], shared_scale)
     pairs = max(1, -(-len(names) // METHODS_PER_ROW))
     per_row = max(1, -(-len(names) // pairs))  # balanced: 4 methods are two rows of 2, not 3 and 1
-    fig, axes = plt.subplots(2 * pairs, per_row + 1, figsize=(PANEL_IN * (per_row + 1), 2.6 * 2 * pairs),
+    fig, axes = subplots(2 * pairs, per_row + 1, figsize=(PANEL_IN * (per_row + 1), 2.6 * 2 * pairs),
                              squeeze=False, constrained_layout=True)
     axes[0, 0].imshow(_img(image))
     axes[0, 0].set_title(_fit(title), fontsize=TITLE_PT)
@@ -113,9 +130,9 @@ def compare_methods(image: torch.Tensor, maps: Mapping[str, torch.Tensor], title
     return fig
 
 
-def metric_curves(curves: Mapping[str, object], index: int = 0) -> plt.Figure:
+def metric_curves(curves: Mapping[str, object], index: int = 0) -> Figure:
     """Deletion and insertion curves of several methods for one image (curves: name -> (deletion, insertion))."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    fig, axes = subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
     for name, (dele, ins) in curves.items():
         for ax, c in zip(axes, (dele, ins), strict=True):
             p = c.probs[index].cpu().numpy()
@@ -129,12 +146,12 @@ def metric_curves(curves: Mapping[str, object], index: int = 0) -> plt.Figure:
     return fig
 
 
-def sanity_curves(units: Sequence[str], methods: Mapping[str, Mapping]) -> plt.Figure:
+def sanity_curves(units: Sequence[str], methods: Mapping[str, Mapping]) -> Figure:
     """Rank correlation with the original map as blocks are randomized from the logits down, per method.
 
     `methods`: name -> {"spearman_abs": [n], "ssim": [n], "flagged": bool} (means over the images).
     """
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    fig, axes = subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     x = np.arange(1, len(units) + 1)
     for name, m in methods.items():
         tag = " (flagged)" if m.get("flagged") else ""
@@ -149,12 +166,12 @@ def sanity_curves(units: Sequence[str], methods: Mapping[str, Mapping]) -> plt.F
     return fig
 
 
-def robustness_curve(curves: Mapping[str, object]) -> plt.Figure:
+def robustness_curve(curves: Mapping[str, object]) -> Figure:
     """Fraction of images fooled against the budget ε (in 8-bit levels), one line per attack or model.
 
     `curves`: name -> a RobustnessResult, or a dict with "eps" ([0, 1] units), "fooled_rate" and "norm".
     """
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), constrained_layout=True)
+    fig, ax = subplots(figsize=(5.2, 3.6), constrained_layout=True)
     norms = set()
     for name, c in curves.items():
         eps, rate, norm = (c["eps"], c["fooled_rate"], c["norm"]) if isinstance(c, Mapping) else \
@@ -171,7 +188,7 @@ def robustness_curve(curves: Mapping[str, object]) -> plt.Figure:
     return fig
 
 
-def draw(result, **options) -> plt.Figure:
+def draw(result, **options) -> Figure:
     """The one door from a result to its figure (Jupyter's `_repr_png_`, `Result.figure()`, the web API).
 
     SaliencyResult: image | maps | overlays; FoolingResult: the lab's four panels; RobustnessResult: the curve;
@@ -199,27 +216,40 @@ def draw(result, **options) -> plt.Figure:
     return custom(**options)
 
 
-def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
-    """The figure as PNG bytes (for Jupyter's _repr_png_ and the web API); the figure is closed."""
+def figure_png(fig: matplotlib.figure.Figure, dpi: int = 80, close: bool = True) -> bytes:
+    """The figure as PNG bytes (for Jupyter's _repr_png_, the report and the web API)."""
     import io
 
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)  # a pyplot figure of an interactive backend keeps working; ours have no canvas yet
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
+    if close:
+        _close(fig)
     return buf.getvalue()
 
 
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+def _close(fig: matplotlib.figure.Figure) -> None:
+    """Release a figure pyplot may know of (a caller's own); ours are not in pyplot and need nothing."""
+    import sys
+
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None and plt.fignum_exists(getattr(fig, "number", -1)):
+        plt.close(fig)
+
+
+def save_figure(fig: matplotlib.figure.Figure, path: str | Path, dpi: int = 110) -> Path:
     """Save as PNG atomically and close the figure."""
     from featvis._io import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
+        tmp.write_bytes(figure_png(fig, dpi=dpi))
     return Path(path)
 
 
-def fooling_panels(result, max_rows: int = 8) -> plt.Figure:
+def fooling_panels(result, max_rows: int = 8) -> Figure:
     """The lab's panels, one row per image: original | fooled | difference | difference ×10.
 
     Differences are shown around mid-grey (0.5 + gain·Δ). The plain Δ of an attack within 3/255 spans seven grey
@@ -227,7 +257,7 @@ def fooling_panels(result, max_rows: int = 8) -> plt.Figure:
     the factor in its title); the fourth is the lab's fixed ×DIFF_GAIN.
     """
     n = min(result.images.shape[0], max_rows)
-    fig, axes = plt.subplots(n, 4, figsize=(4 * PANEL_IN, 2.9 * n), squeeze=False, constrained_layout=True)
+    fig, axes = subplots(n, 4, figsize=(4 * PANEL_IN, 2.9 * n), squeeze=False, constrained_layout=True)
     rows = result.records()
     for i in range(n):
         r = rows[i]
@@ -253,12 +283,12 @@ def fooling_panels(result, max_rows: int = 8) -> plt.Figure:
     return fig
 
 
-def render_grid(images: torch.Tensor, titles: Sequence[str], cols: int = 5) -> plt.Figure:
+def render_grid(images: torch.Tensor, titles: Sequence[str], cols: int = 5) -> Figure:
     """A grid of rendered images with their titles (class/channel names and scores)."""
     n = images.shape[0]
     cols = min(cols, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False, constrained_layout=True)
+    fig, axes = subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False, constrained_layout=True)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -268,10 +298,10 @@ def render_grid(images: torch.Tensor, titles: Sequence[str], cols: int = 5) -> p
     return fig
 
 
-def snapshot_strip(snapshots: Mapping[int, torch.Tensor], index: int = 0) -> plt.Figure:
+def snapshot_strip(snapshots: Mapping[int, torch.Tensor], index: int = 0) -> Figure:
     """One image's progress over the steps (the lab printed it every N iterations)."""
     steps = sorted(snapshots)
-    fig, axes = plt.subplots(1, len(steps), figsize=(2.2 * len(steps), 2.5), squeeze=False,
+    fig, axes = subplots(1, len(steps), figsize=(2.2 * len(steps), 2.5), squeeze=False,
                              constrained_layout=True)
     for ax, s in zip(axes[0], steps, strict=True):
         ax.imshow(_img(snapshots[s][index]))
@@ -280,10 +310,10 @@ def snapshot_strip(snapshots: Mapping[int, torch.Tensor], index: int = 0) -> plt
     return fig
 
 
-def accentuation_panels(result, max_rows: int = 8, gain: float = 4.0) -> plt.Figure:
+def accentuation_panels(result, max_rows: int = 8, gain: float = 4.0) -> Figure:
     """Feature accentuation, one row per photo: original | accentuated | difference (0.5 + gain·Δ)."""
     n = min(result.original.shape[0], max_rows)
-    fig, axes = plt.subplots(n, 3, figsize=(8.4, 2.9 * n), squeeze=False, constrained_layout=True)
+    fig, axes = subplots(n, 3, figsize=(8.4, 2.9 * n), squeeze=False, constrained_layout=True)
     for i in range(n):
         delta = result.accentuated[i] - result.original[i]
         axes[i, 0].imshow(_img(result.original[i]))
@@ -306,13 +336,13 @@ def _band(rows: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[np.nd
     return rows.mean(0), np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
 
 
-def evaluation_curves(records: Sequence[Mapping], methods: Sequence[str] | None = None) -> plt.Figure:
+def evaluation_curves(records: Sequence[Mapping], methods: Sequence[str] | None = None) -> Figure:
     """Deletion and insertion curves over a data set: per method the mean over images and a bootstrap 95 % band.
 
     `records`: per-image records of `featvis.attribution.evaluation.evaluate_batch` (their "curves").
     """
     names = list(methods or dict.fromkeys(m for r in records for m in r.get("curves", {})))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    fig, axes = subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for ax, kind, better in zip(axes, ("deletion", "insertion"), ("lower", "higher"), strict=True):
         for name in names:
             rows = [r["curves"][name][kind] for r in records if name in r.get("curves", {})]
@@ -334,11 +364,11 @@ def evaluation_curves(records: Sequence[Mapping], methods: Sequence[str] | None 
 
 
 def method_strip(images: torch.Tensor, maps: Mapping[str, torch.Tensor], titles: Sequence[str] = (), *,
-                 shared_scale: bool = False) -> plt.Figure:
+                 shared_scale: bool = False) -> Figure:
     """Example maps as a method × image grid: one row per method, one column per image (overlays)."""
     names = list(maps)
     n = images.shape[0]
-    fig, axes = plt.subplots(len(names) + 1, n, figsize=(1.9 * n, 1.9 * (len(names) + 1)), squeeze=False,
+    fig, axes = subplots(len(names) + 1, n, figsize=(1.9 * n, 1.9 * (len(names) + 1)), squeeze=False,
                              constrained_layout=True)
     for j in range(n):
         axes[0, j].imshow(_img(images[j]))
