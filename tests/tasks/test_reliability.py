@@ -313,3 +313,14 @@ def test_report_says_when_runs_differ_in_their_numerics(tiny, photos, tmp_path):
         page = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "page.html")
     assert "These runs ran with other numerics" in page.read_text() and "threads per worker differs" in \
         page.read_text()
+
+
+def test_the_evaluate_table_carries_its_legend(tiny, photos, tmp_path):
+    """22 (new user): `evaluate`'s ✗ and ★ had no legend in the terminal (it was only in the report's prose)."""
+    from featvis.tasks import EvaluateTask
+
+    run = run_task(EvaluateTask(methods=("gradient",), metrics=("deletion",), examples=0), [photos], tmp_path,
+                   clf=tiny)
+    table = EvaluateTask.overview(run)
+    assert table.header[:2] == ["method", "deletion ↓"]
+    assert "★ best of the column" in table.caption and "✗ does not beat the random map" in table.caption

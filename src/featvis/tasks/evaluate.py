@@ -242,7 +242,7 @@ class EvaluateTask(ClassTarget, Task):
                 row.append(f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]{mark}")
             row.append(summ["seconds_per_image"].get(k))
             rows.append(row)
-        s.tables.append(Table("leaderboard (mean [95 % interval])", ["method", *(f"{m} {arrows[m]}" for m in metrics),
+        s.tables.append(Table(LEADERBOARD_CAPTION, ["method", *(f"{m} {arrows[m]}" for m in metrics),
                                                                      "s / image"], rows))
         if summ.get("not_beating_random"):
             s.tables.append(Table("methods that do not beat the random map", ["method", "metric"],
@@ -252,6 +252,11 @@ class EvaluateTask(ClassTarget, Task):
         if "examples.png" in run.artifacts:
             s.figures.append(("examples.png", "example maps of every method on the first images"))
         return s
+
+
+# The caption is the table's legend, in the terminal as in the report (the terminal had ✗ and ★ unexplained)
+LEADERBOARD_CAPTION = ("leaderboard: mean [95 % interval] over images; ↑ higher is better, ↓ lower; ★ best of the "
+                       "column; ✗ does not beat the random map")
 
 
 def _resample(values: list[float], n: int = CURVE_POINTS) -> list[float]:
