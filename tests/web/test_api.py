@@ -106,7 +106,7 @@ def test_token_required_when_set(clf):
         assert c.get("/api/health").status_code == 401
         assert c.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert c.get("/api/health", params={"token": "s3cret"}).status_code == 200
+        assert c.get("/api/health", params={"token": "s3cret"}).status_code == 401  # header or cookie only
 
 
 def test_page_is_served_without_external_resources(client):

@@ -14,7 +14,8 @@ import featvis as fv
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-from featvis.web.app import Guard, create_app
+from featvis.web.app import create_app
+from featvis.web.guard import Guard
 from featvis.web.jobs import JobQueue
 
 BASE = "http://127.0.0.1"

@@ -1,139 +1,45 @@
 """The featvis JSON API (FastAPI) and its page: classify, saliency, fooling and visualization jobs with progress.
 
 Front end only: each job builds a task (featvis.tasks) from the form, runs it on one item on the model's thread
-(featvis.web.jobs), and serves the task's artifacts and record. Safe to leave running: the request body is capped
-while it streams (and refused at once by Content-Length), uploads are decoded off the event loop a few at a time
-and never trusted by name, Host and Origin must be this server's (no DNS rebinding, no cross-site POSTs), a token
-guards every request when set, jobs queue boundedly (full → 429), have a time limit and can be cancelled, results
-expire, and no request path touches the filesystem.
+(featvis.web.jobs), and serves the task's artifacts and record. Safe to leave running (featvis.web.guard): the
+request body is capped by its Content-Length and while it streams, with the same 413 (a refused body up to
+`DRAIN_BYTES` past the cap is read and discarded first, so that clients which send the whole body before reading,
+such as urllib and requests, read the 413; a larger one is answered at once and the connection closed, which they
+see as a reset); uploads are decoded off the event loop a few at a time and never trusted by name; Host and Origin
+must be exactly this server's (no DNS rebinding, no cross-site POSTs); a token guards every request when set (header
+or cookie, never an API URL's query string); jobs queue boundedly (full → 429), have a time limit and can be
+cancelled; results expire; and no request path touches the filesystem. The page learns the upload limit from
+`/api/info` and checks a photo's size before sending it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import torch
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featvis import samples
 from featvis.data import Item, item_seed
 from featvis.errors import FeatvisError
 from featvis.images import load_image
 from featvis.tasks.base import Batch
+from featvis.web.guard import DRAIN_BYTES, Guard, size_text, too_large
 from featvis.web.jobs import JobQueue, QueueFull, WebJob
 
 MAX_BYTES = 10 * 2**20
 MAX_PIXELS = 40_000_000
 RETRY_AFTER_S = 5
 DECODERS = 2  # uploads decoded at once (each may take ~1 s and a few hundred MB for a large photo)
+FORM_SLACK = 64 * 1024  # multipart framing and the small fields, on top of the file part, in the body cap
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class Guard:
-    """ASGI middleware: Host/Origin checks, the access token, and a body cap applied while the body streams."""
-
-    def __init__(self, app, *, token: str | None, max_body: int, hosts: tuple[str, ...] | None,
-                 port: int | None) -> None:
-        self.app, self.token, self.max_body, self.hosts, self.port = app, token, max_body, hosts, port
-
-    def _host_ok(self, value: str) -> bool:
-        if self.hosts is None:  # bound to every interface: the token guards it
-            return True
-        name, port = _split_host(value)
-        return name in self.hosts and (self.port is None or port in (None, self.port))
-
-    def _origin_ok(self, origin: str) -> bool:
-        if origin == "null":
-            return False
-        parts = urlsplit(origin)
-        return parts.scheme in ("http", "https") and self._host_ok(parts.netloc)
-
-    def _token_ok(self, scope, headers: dict[bytes, bytes]) -> bool:
-        if self.token is None:
-            return True
-        from http.cookies import SimpleCookie
-        from urllib.parse import parse_qs
-
-        given = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ").strip()
-        if not given:
-            given = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
-        if not given:
-            jar = SimpleCookie()
-            jar.load(headers.get(b"cookie", b"").decode("latin-1"))
-            given = jar["featvis_token"].value if "featvis_token" in jar else ""
-        return hmac.compare_digest(given.encode(), self.token.encode())
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers", []))
-        host = headers.get(b"host", b"").decode("latin-1")
-        if not self._host_ok(host):
-            await _reply(send, 421, f"host {host!r} is not this server; open it at its own address")
-            return
-        origin = headers.get(b"origin")
-        if origin is not None and not self._origin_ok(origin.decode("latin-1")):
-            await _reply(send, 403, "cross-origin requests are refused")
-            return
-        if not self._token_ok(scope, headers):
-            await _reply(send, 401, "missing or wrong access token; open the URL printed at start")
-            return
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _reply(send, 413, f"request is larger than {self.max_body // 2**20} MiB; send a smaller image")
-            return
-        seen = 0
-        started = False
-
-        async def capped_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, capped_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _reply(send, 413, f"request is larger than {self.max_body // 2**20} MiB; send a smaller image")
-
-
-def _split_host(value: str) -> tuple[str, int | None]:
-    value = value.strip().lower()
-    if value.startswith("["):  # [::1]:8000
-        name, _, rest = value[1:].partition("]")
-        port = rest.removeprefix(":")
-    else:
-        name, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
-    return name, int(port) if port.isdigit() else None
-
-
-async def _reply(send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 @dataclass
@@ -158,7 +64,7 @@ class Server:
             raise HTTPException(422, "send an image file (field 'file') or a bundled sample name (field 'sample')")
         data = await file.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
-            raise HTTPException(413, f"upload is larger than {self.max_bytes // 2**20} MiB; send a smaller image")
+            raise HTTPException(413, too_large(self.max_bytes))
         return await anyio.to_thread.run_sync(lambda: load_image(data, self.clf, max_pixels=self.max_pixels),
                                               limiter=self.limiter)
 
@@ -209,11 +115,7 @@ def page(request: Request) -> Response:
     from importlib import resources
 
     html = resources.files("featvis.web").joinpath("static/index.html").read_text("utf-8")
-    resp = Response(html, media_type="text/html")
-    token = server(request).token
-    if token is not None:  # the printed URL carries ?token=; remember it for the page's own requests
-        resp.set_cookie("featvis_token", token, httponly=True, samesite="strict")
-    return resp
+    return Response(html, media_type="text/html")  # the Guard set the token's cookie from the printed URL
 
 
 @router.get("/api/methods")
@@ -241,6 +143,14 @@ def presets() -> list[str]:
 def health(request: Request) -> dict:
     clf = server(request).clf
     return {"model": clf.id, "classes": len(clf.labels), "input_size": clf.input_size}
+
+
+@router.get("/api/info")
+def info(request: Request) -> dict:
+    """What the page needs to know up front: the model and the upload limits (checked before sending)."""
+    srv = server(request)
+    return {**health(request), "max_upload_bytes": srv.max_bytes, "max_upload": size_text(srv.max_bytes),
+            "max_pixels": srv.max_pixels}
 
 
 @router.get("/api/classes")
@@ -377,14 +287,38 @@ async def bad_input(_request: Request, exc: FeatvisError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's answer to an HTTPException, with Starlette's bare "Not Found" / "Method Not Allowed" made useful."""
+    detail, routes = exc.detail, "the API's routes are listed at /openapi.json"
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no such page or API route {request.url.path!r}; {routes}"
+    elif exc.status_code == 405 and detail == "Method Not Allowed":
+        detail = f"{request.method} is not allowed on {request.url.path!r}; {routes}"
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def bad_form(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's list of error objects as one line: the first bad field, what it should be, what to do."""
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
+    what = str(first.get("msg", "is not valid")).splitlines()[0]
+    where = f"field {field!r}" if field else "the request"
+    return JSONResponse({"detail": f"{where}: {what[:1].lower()}{what[1:]}; correct it and retry"}, status_code=422)
+
+
 def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-               queue: JobQueue | None = None, host: str = "127.0.0.1", port: int | None = None) -> Guard:
+               queue: JobQueue | None = None, host: str = "127.0.0.1", port: int | None = None,
+               drain_bytes: int = DRAIN_BYTES) -> Guard:
     """The API for one classifier, behind the Guard (Host/Origin, token, body cap).
 
     Args:
-        token: required on every request (Bearer header, ?token= or the cookie the page sets); "" is refused.
+        token: required on every request (the Bearer header, or the cookie that opening `/?token=T` sets once);
+            never read from an API URL; "" is refused.
+        max_bytes: the largest upload; the page checks it before sending (`/api/info`).
         host, port: where the server is reached; requests naming another Host (DNS rebinding) or coming from
             another Origin are refused. Binding every interface (0.0.0.0) accepts any Host, and needs a token.
+        drain_bytes: how far past the cap a refused body is still read (and discarded) so that clients which
+            send it all before reading see the 413 (featvis.web.guard).
     """
     import anyio
 
@@ -405,8 +339,11 @@ def create_app(clf, *, token: str | None = None, max_bytes: int = MAX_BYTES, max
     api.state.server = Server(clf, jobs, token, max_bytes, max_pixels, anyio.CapacityLimiter(DECODERS))
     api.state.jobs = jobs
     api.add_exception_handler(FeatvisError, bad_input)
+    api.add_exception_handler(RequestValidationError, bad_form)
+    api.add_exception_handler(StarletteHTTPException, http_error)
     api.include_router(router)
-    guard = Guard(api, token=token, max_body=max_bytes + 64 * 1024, hosts=hosts, port=port)
+    guard = Guard(api, token=token, max_body=max_bytes + FORM_SLACK, hosts=hosts, port=port, upload_limit=max_bytes,
+                  drain=drain_bytes)
     guard.state = api.state  # type: ignore[attr-defined]
     guard.api = api  # type: ignore[attr-defined]
     return guard

@@ -22,6 +22,7 @@ from typing import Any
 from featvis import _progress
 
 MAX_EVENTS = 2000  # progress events kept per job (a live view needs the latest, not every step of a long job)
+PREVIEW_EVERY = 16  # steps between two preview images of a running visualization
 
 
 class Cancelled(Exception):
@@ -149,13 +150,15 @@ class JobQueue:
 
         def listener(stage: str, done: float, total: float, extra: dict) -> None:
             self._serve_quick()  # quick requests go between two steps of the job
-            job.report(done / total if total else 0.0, stage=stage, step=done, total=total,
-                       **{k: v for k, v in extra.items() if isinstance(v, (int, float, str))})
             preview = extra.get("preview")
-            if preview is not None and int(done) % 16 == 0:
+            fresh = preview is not None and int(done) % PREVIEW_EVERY == 0
+            if fresh:  # stored before the event that tells the page (`preview: true`) to fetch it
                 from featvis.images import encode_png
 
                 job.images["preview.png"] = encode_png(preview[0])
+            job.report(done / total if total else 0.0, stage=stage, step=done, total=total,
+                       **{k: v for k, v in extra.items() if isinstance(v, (int, float, str))},
+                       **({"preview": True} if fresh else {}))
 
         try:
             with _progress.listening(listener):
