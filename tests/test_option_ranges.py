@@ -51,3 +51,39 @@ def test_a_wrapped_net_whose_width_is_not_its_labels_says_so_in_one_line():
     clf = fv.Classifier.wrap(TinyConvNet(classes=4), input_size=32)
     with pytest.raises(FeatvisError, match=r"returns \(4,\) scores per image but has 1000 class names"):
         clf.predict(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(("method", "option", "value", "message"), [
+    ("smoothgrad", "samples", "-1", r"samples='-1' must be >= 1"),  # was: a RuntimeError from torch.empty
+    ("smoothgrad", "samples", "0", r"samples='0' must be >= 1"),
+    ("integrated-gradients", "steps", "0", r"steps='0' must be >= 1"),
+    ("rise", "keep", "1.5", r"keep='1.5' must be in \[0, 1\]"),
+    ("smoothgrad", "noise", "-0.1", r"noise='-0.1' must be >= 0"),
+])
+def test_method_options_out_of_range_are_one_line(method, option, value, message):
+    from featvis.attribution import ATTRIBUTIONS
+
+    with pytest.raises(FeatvisError, match=message):
+        ATTRIBUTIONS.get(method).check({option: value})
+
+
+def test_attack_and_preset_options_have_ranges_too():
+    from featvis.adversarial import ATTACKS
+    from featvis.optvis.presets import PRESETS
+
+    with pytest.raises(FeatvisError, match=r"steps=-5 must be >= 1"):
+        ATTACKS.get("pgd").check({"steps": -5})
+    with pytest.raises(FeatvisError, match=r"alpha='-1' must be >= 0"):
+        ATTACKS.get("pgd").check({"alpha": "-1"})
+    with pytest.raises(FeatvisError, match=r"box_min=0 must be in \[0.01, 1\]"):
+        PRESETS.get("maco").split({"box_min": 0}, "maco")
+    assert ATTACKS.get("pgd").check({"steps": "3"}) == {"steps": 3}  # in range: converted as before
+
+
+def test_the_cli_says_an_out_of_range_option_in_one_line(capsys):
+    from featvis.cli import main
+
+    code = main(["saliency", str(fv.samples.path("chelsea")), "--method", "smoothgrad", "-O", "samples=-1",
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "samples='-1' must be >= 1" in err

@@ -12,8 +12,8 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Generic, TypeVar
 
 from featvis.errors import FeatvisError, did_you_mean
 
@@ -100,6 +100,24 @@ def parse_budget(text: str | float) -> float:
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric option may take, declared in the signature next to the code:
+    `samples: Annotated[int, Range(1)] = 25`. Without one, a number whose default is >= 0 may not be negative."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def text(self) -> str:
+        if self.high is None:
+            return f">= {self.low:g}"
+        return f"in [{self.low:g}, {self.high:g}]" if self.low is not None else f"<= {self.high:g}"
+
+
+Count = Annotated[int, Range(1)]  # an option that counts (samples, steps, masks): at least 1
+Fraction = Annotated[float, Range(0, 1)]  # a share or probability
+
+
+@dataclass(frozen=True)
 class Option:
     """One option a registered entry takes: its name, default, kind and help (from its docstring)."""
 
@@ -108,13 +126,24 @@ class Option:
     kind: str  # "int", "float", "str", "bool", "budget" (a pixel budget: 8/255), "seed" or "any"
     help: str = ""
     optional: bool = False  # None is allowed
+    range: Range | None = None  # numbers only
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
     def parse(self, value: Any) -> Any:
-        """The value converted to this option's kind (from CLI/web text or a Python value); one-line errors."""
+        """The value converted to this option's kind (from CLI/web text or a Python value) and checked against
+        its range; one-line errors."""
+        out = self._convert(value)
+        r = self.range
+        if r is not None and isinstance(out, (int, float)) and not isinstance(out, bool) and (
+                (r.low is not None and out < r.low) or (r.high is not None and out > r.high)):
+            raise FeatvisError(f"option {self.name}={value!r} must be {r.text()}"
+                               + (f" (default {self.default!r})" if self.default is not None else ""))
+        return out
+
+    def _convert(self, value: Any) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")
                              and (self.optional or self.default is None)):
             if self.optional or self.default is None:
@@ -184,8 +213,24 @@ def docstring_args(doc: str | None) -> dict[str, str]:
     return out
 
 
+def _range(param: inspect.Parameter, kind: str) -> Range | None:
+    """The option's declared Range (`Annotated[int, Range(1)]`), else >= 0 for a number whose default is >= 0."""
+    declared = [m for m in getattr(param.annotation, "__metadata__", ()) if isinstance(m, Range)]
+    if declared:
+        return declared[0]
+    default = param.default
+    if kind in ("int", "float") and isinstance(default, (int, float)) and not isinstance(default, bool) \
+            and default >= 0:
+        return Range(0)
+    return None
+
+
 def _kind(param: inspect.Parameter) -> tuple[str, bool]:
-    ann = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+    ann = param.annotation
+    if getattr(ann, "__metadata__", None) is not None:  # Annotated[T, ...]: the kind is T's
+        ann = ann.__origin__
+    if not isinstance(ann, str):  # an evaluated annotation: int, float | None, Optional[int], ...
+        ann = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
     ann = str(ann).replace(" ", "")
     optional = "None" in ann or param.default is None
     default = param.default
@@ -208,12 +253,16 @@ def options_from(fn: Callable, skip: tuple[str, ...] = ()) -> dict[str, Option]:
     """Options of `fn`: its keyword-only parameters (minus `skip`), with defaults, kinds and docstring help."""
     helps = docstring_args(fn.__doc__)
     out: dict[str, Option] = {}
-    for p in inspect.signature(fn).parameters.values():
+    try:
+        params = inspect.signature(fn, eval_str=True).parameters.values()
+    except (NameError, TypeError):  # an annotation that names something not importable here: read them as text
+        params = inspect.signature(fn).parameters.values()
+    for p in params:
         if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in skip:
             continue
         kind, optional = _kind(p)
         default = None if p.default is inspect.Parameter.empty else p.default
-        out[p.name] = Option(p.name, default, kind, helps.get(p.name, ""), optional)
+        out[p.name] = Option(p.name, default, kind, helps.get(p.name, ""), optional, _range(p, kind))
     return out
 
 
@@ -269,7 +318,7 @@ class SpecRegistry(Registry[Spec]):
 
     def register(self, name: str, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[Callable], Callable]:
         def deco(fn: Callable) -> Callable:
-            options = {k: o if o.help else Option(o.name, o.default, o.kind, self.common_help.get(k, ""), o.optional)
+            options = {k: o if o.help else replace(o, help=self.common_help.get(k, ""))
                        for k, o in options_from(fn, self.shared).items()}
             self.add(name, Spec(name, fn, options, summary_of(fn), dict(info)), aliases)
             return fn

@@ -57,3 +57,12 @@ def test_a_log_gets_progress_lines_not_silence(tmp_path):
 
 def test_durations_read_as_people_say_them():
     assert [duration(s) for s in (1.23, 42.4, 185, 3725)] == ["1.2 s", "42 s", "3 min 05 s", "1 h 02 min"]
+
+
+def test_the_printed_server_url_can_be_opened():
+    """Found while fixing the web items of issue 22: IPv6 hosts need brackets, 0.0.0.0 is no address to open."""
+    from featvis.cli.demo import server_url
+
+    assert server_url("127.0.0.1", 8000, None) == "http://127.0.0.1:8000/"
+    assert server_url("::1", 8000, "t") == "http://[::1]:8000/?token=t"
+    assert server_url("0.0.0.0", 9000, "t").startswith("http://127.0.0.1:9000/?token=t (bound to every interface")

@@ -22,6 +22,7 @@ from dataclasses import replace
 import torch
 
 from featvis._ops import Seed
+from featvis._registry import Count
 from featvis.adversarial._base import ATTACKS, per_image, prepare, resolve_attack_targets, step_loop
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.errors import FeatvisError
@@ -35,7 +36,7 @@ SCORES = {"logit": "logit", "log-prob": "ce"}
 
 
 @ATTACKS.register("ascent", aliases=("fool",), targeted=True, untargeted=True, norms=("linf",), steps="max_steps")
-def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | None = EPS, max_steps: int = 100,
+def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | None = EPS, max_steps: Count = 100,
            score: str = "log-prob", seed: Seed = 0, callback=None) -> FoolingResult:
     """Normalized gradient ascent `x += lr · g / ‖g‖₂` on the target's score until argmax == target.
 
@@ -83,7 +84,7 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | No
 
 
 @ATTACKS.register("lab", targeted=True, untargeted=True, norms=(), steps="max_steps")
-def lab(clf, images: torch.Tensor, target, *, lr: float = LAB_LR, max_steps: int = 100, seed: Seed = 0,
+def lab(clf, images: torch.Tensor, target, *, lr: float = LAB_LR, max_steps: Count = 100, seed: Seed = 0,
         callback=None) -> FoolingResult:
     """The lab's recipe as written: ascent on the target's logit, no cap on any pixel's change.
 

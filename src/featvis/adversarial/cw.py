@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from featvis._ops import Seed
+from featvis._registry import Count
 from featvis.adversarial._base import ATTACKS, prepare, resolve_attack_targets
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.images import quantize
@@ -23,7 +24,7 @@ def _margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool, kappa: floa
 
 @ATTACKS.register("cw", aliases=("cw-l2", "carlini-wagner"), targeted=True, untargeted=True, norms=(),
                   steps="steps")
-def cw(clf, images: torch.Tensor, target=None, *, c: float = 1.0, kappa: float = 0.0, steps: int = 100,
+def cw(clf, images: torch.Tensor, target=None, *, c: float = 1.0, kappa: float = 0.0, steps: Count = 100,
        lr: float = 0.01, search_steps: int = 5, seed: Seed = 0, callback=None) -> FoolingResult:
     """Minimize ‖x′ − x‖₂² + c · f(x′) over x′ = (tanh(w) + 1) / 2 with Adam, and binary-search c per image.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from featvis._ops import Seed
+from featvis._registry import Count
 from featvis.adversarial._base import ATTACKS, fooled, per_image, prepare, resolve_attack_targets
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.errors import FeatvisError
@@ -15,8 +16,8 @@ from featvis.models.classifier import frozen
 
 
 @ATTACKS.register("deepfool", targeted=False, untargeted=True, norms=(), steps="steps")
-def deepfool(clf, images: torch.Tensor, target=None, *, candidates: int = 10, overshoot: float = 0.02,
-             steps: int = 50, seed: Seed = 0, callback=None) -> FoolingResult:
+def deepfool(clf, images: torch.Tensor, target=None, *, candidates: Count = 10, overshoot: float = 0.02,
+             steps: Count = 50, seed: Seed = 0, callback=None) -> FoolingResult:
     """DeepFool L2, untargeted (as in the paper): among the `candidates` classes ranked highest on the original,
     step to the boundary that is nearest under the linearization; the accumulated step is scaled by
     (1 + overshoot). For a chosen target use ascent, pgd or cw: stepping to one far boundary by linearization

@@ -3,9 +3,12 @@ pixel space, targeted or untargeted, each image stopping when its 8-bit version 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
 from featvis._ops import Seed, _single, random_draw
+from featvis._registry import Count, Range
 from featvis.adversarial._base import ATTACKS, objective, per_image, prepare, resolve_attack_targets, step_loop
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.errors import FeatvisError
@@ -73,7 +76,7 @@ def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm:
 @ATTACKS.register("pgd", aliases=("bim", "ifgsm"), targeted=True, untargeted=True, norms=("linf", "l2"),
                   steps="steps")
 def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, norm: str = "linf",
-        alpha: float | None = None, steps: int = 20, random_start: bool = False, seed: Seed = 0,
+        alpha: Annotated[float | None, Range(0)] = None, steps: Count = 20, random_start: bool = False, seed: Seed = 0,
         early_stop: bool = True, straight_through: bool = True, callback=None) -> FoolingResult:
     """Projected gradient descent: `steps` steps of size α along sign(∇) (L∞) or ∇/‖∇‖₂ (L2), each followed by
     projection onto the ε-ball and [0, 1].
@@ -113,8 +116,8 @@ def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, nor
 @ATTACKS.register("mifgsm", aliases=("mi-fgsm", "momentum"), targeted=True, untargeted=True, norms=("linf",),
                   steps="steps")
 def mifgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, alpha: float | None = None,
-           steps: int = 10, decay: float = 1.0, seed: Seed = 0, early_stop: bool = True, straight_through: bool = True,
-           callback=None) -> FoolingResult:
+           steps: Count = 10, decay: float = 1.0, seed: Seed = 0, early_stop: bool = True,
+           straight_through: bool = True, callback=None) -> FoolingResult:
     """Momentum iterative FGSM (Dong et al. 2018), the transfer-oriented L∞ attack: the step follows the sign of
     an accumulated gradient `g ← μ·g + ∇/‖∇‖₁`, projected onto the ε-ball and [0, 1] after each step.
 

@@ -12,6 +12,7 @@ import torch
 
 from featvis._ops import Seed, random_draw
 from featvis._progress import report
+from featvis._registry import Count
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, input_gradients, prepare, reduce_channels
 from featvis.errors import FeatvisError
 
@@ -42,7 +43,7 @@ def expected_gradients_from(clf, images: torch.Tensor, targets: torch.Tensor, po
 
 @ATTRIBUTIONS.register("expected-gradients", aliases=("eg", "expected"))
 def expected_gradients(clf, images: torch.Tensor, target=None, *, references: torch.Tensor | None = None,
-                       samples: int = SAMPLES, seed: Seed = 0, score: str = "logit", reduce: str = "sum",
+                       samples: Count = SAMPLES, seed: Seed = 0, score: str = "logit", reduce: str = "sum",
                        batch_size: int | None = None) -> torch.Tensor:
     """Expected Gradients: Integrated Gradients averaged over baselines drawn from the data and random α.
 

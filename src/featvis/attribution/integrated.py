@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from featvis._ops import Seed, gaussian_blur, random_draw
+from featvis._registry import Count
 from featvis.attribution._base import (
     ATTRIBUTIONS,
     default_chunk,
@@ -55,7 +56,7 @@ def make_baseline(clf, images: torch.Tensor, baseline, seed: Seed = 0) -> torch.
 
 
 @ATTRIBUTIONS.register("integrated-gradients", aliases=("ig", "integrated"))
-def integrated_gradients(clf, images: torch.Tensor, target=None, *, baseline="black", steps: int = 50,
+def integrated_gradients(clf, images: torch.Tensor, target=None, *, baseline="black", steps: Count = 50,
                          rule: str = "gausslegendre", score: str = "logit", reduce: str = "sum", seed: Seed = 0,
                          batch_size: int | None = None, return_delta: bool = False):
     """Integrated Gradients: (x − x′) · ∫₀¹ ∇F(x′ + α(x − x′)) dα, by quadrature over `steps` points.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from featvis import _progress
+from featvis._registry import Count
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
 from featvis.attribution.integrated import make_baseline
 from featvis.errors import FeatvisError
@@ -12,7 +13,7 @@ from featvis.models.classifier import frozen
 
 
 @ATTRIBUTIONS.register("occlusion")
-def occlusion(clf, images: torch.Tensor, target=None, *, window: int = 16, stride: int = 8, baseline="mean",
+def occlusion(clf, images: torch.Tensor, target=None, *, window: Count = 16, stride: Count = 8, baseline="mean",
               score: str = "logit", batch_size: int | None = None) -> torch.Tensor:
     """Slide a window over the image, fill it with `baseline`, and record the score drop; each pixel gets the
     mean drop over the windows that cover it (Captum's `Occlusion` definition).

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from featvis._ops import Seed, _single, random_draw
 from featvis._progress import report
+from featvis._registry import Count, Fraction
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
 from featvis.errors import FeatvisError
 from featvis.models.classifier import frozen
@@ -42,7 +43,8 @@ def make_masks(draws: torch.Tensor, cells: int, keep: float, size: tuple[int, in
 
 
 @ATTRIBUTIONS.register("rise")
-def rise(clf, images: torch.Tensor, target=None, *, masks: int = MASKS, cells: int = CELLS, keep: float = KEEP,
+def rise(clf, images: torch.Tensor, target=None, *, masks: Count = MASKS, cells: Count = CELLS,
+         keep: Fraction = KEEP,
          seed: Seed = 0, score: str = "prob", batch_size: int | None = None) -> torch.Tensor:
     """RISE: the mean score of the class over random smooth masks, each pixel weighted by how much it was kept.
 

@@ -10,9 +10,12 @@ grid bilinearly to the image, as both papers' code does.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 
+from featvis._registry import Range
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
 from featvis.errors import FeatvisError
 from featvis.images import check_images
@@ -75,7 +78,8 @@ def _attention(clf, x: torch.Tensor, grads_of: torch.Tensor | None = None, score
 
 @ATTRIBUTIONS.register("attention-rollout", aliases=("rollout",), needs="attention")
 def attention_rollout(clf, images: torch.Tensor, target=None, *, head_fusion: str = "mean",
-                      discard_ratio: float = 0.0, batch_size: int | None = None) -> torch.Tensor:
+                      discard_ratio: Annotated[float, Range(0, 0.99)] = 0.0,
+                      batch_size: int | None = None) -> torch.Tensor:
     """Attention rollout: how much the head's tokens draw from each patch through all layers, residuals included.
 
     Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers" (ACL): per layer Â = ½(A + I) with A the

@@ -86,6 +86,17 @@ def report(
     typer.echo(str(page.resolve()))
 
 
+def server_url(host: str, port: int, token: str | None) -> str:
+    """The URL to open for a server bound to `host`: an IPv6 address in brackets; for every interface (0.0.0.0,
+    ::) this machine's loopback, with a note that other machines use its own address."""
+    every = host in ("0.0.0.0", "::", "")
+    shown = ("[::1]" if host == "::" else "127.0.0.1") if every else host
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    return url + (" (bound to every interface: from another machine use this one's address)" if every else "")
+
+
 @app.command()
 def serve(
     model: ModelOpt = DEFAULT_MODEL,
@@ -119,6 +130,5 @@ def serve(
         token = secrets.token_urlsafe(24)
     clf = load_classifier(model, device)
     app_ = create_app(clf, token=token, host=host, port=port)
-    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
-    say(f"featvis API for {clf.id} at {url}")
+    say(f"featvis API for {clf.id} at {server_url(host, port, token)}")
     uvicorn.run(app_, host=host, port=port, log_level="warning")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from featvis._ops import gaussian_blur, random_draw
-from featvis._registry import Option, Registry, options_from
+from featvis._registry import Option, Range, Registry, options_from
 from featvis.errors import did_you_mean
 from featvis.optvis import objectives as obj
 from featvis.optvis import transforms as T
@@ -164,6 +164,7 @@ PRESETS.add("lucid-fast", Preset(_lucid_fast, 256, "lucid, with the model at one
 # horama's 0.05 rescaled from a range of 5 to our [0, 1] pixels. Crops of 80–100 % of the image reach p 0.79 on
 # the first 8 classes of the benchmark draw where 60–90 % reach 0.64 (benchmarks/classvis_quality.py, 200 steps, one
 # crop per step); one crop per step keeps a step at one forward+backward (horama's 6 cost 6×; `views` sets it).
+Unit = Annotated[float, Range(0.01, 1)]  # a share of the image side (a crop box)
 FEATURE_SIDE = 128  # default side of a feature visualization (a class visualization uses the model's input size)
 MACO_LR = 1.0
 MACO_VIEWS = 1
@@ -172,8 +173,8 @@ MACO_NOISE = 0.05 / 5
 MACO_LOC_STD = 0.15
 
 
-def _maco(clf, size: int, batch: int, seeds: list[int], *, lr: float = MACO_LR, box_min: float = MACO_BOX[0],
-          box_max: float = MACO_BOX[1], noise: float = MACO_NOISE, loc_std: float = MACO_LOC_STD,
+def _maco(clf, size: int, batch: int, seeds: list[int], *, lr: float = MACO_LR, box_min: Unit = MACO_BOX[0],
+          box_max: Unit = MACO_BOX[1], noise: float = MACO_NOISE, loc_std: float = MACO_LOC_STD,
           crop_size: int | None = None) -> RenderSpec:
     """MACO (Fel et al., NeurIPS 2023, arXiv 2306.06805): optimize only the Fourier phase, the magnitude fixed to
     natural photos' average; each step the model sees several random crops (+ noise) of the image, resized to

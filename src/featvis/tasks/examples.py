@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from featvis.errors import FeatvisError
+from featvis.layers import layer_label
 from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
 from featvis.tasks.results import Damaged
 
@@ -81,7 +82,8 @@ class ExamplesTask(Task):
         chans = list(range(count)) if self.params.channels == "all" else list(self.params.channels)
         bad = [c for c in chans if c >= count]
         if bad:
-            raise FeatvisError(f"layer {name!r} has {count} channels (0..{count - 1}); channel {bad[0]} does not exist")
+            raise FeatvisError(f"layer {layer_label(clf, name)!r} has {count} channels (0..{count - 1}); channel "
+                               f"{bad[0]} does not exist")
         return name, chans, shape
 
     def prepare(self, clf) -> None:
@@ -177,8 +179,6 @@ class ExamplesTask(Task):
 
     def _layer_name(self, info: Mapping[str, Any]) -> str:
         """The layer as people name it (`blocks.8`, not PyTorch's `_blocks.8`)."""
-        from featvis.layers import layer_label
-
         clf = info.get("clf")
         return layer_label(clf, _layer_info(clf, self.params.layer)[0]) if clf is not None else self.params.layer
 

@@ -49,7 +49,8 @@ def check_preset(preset: str, options: Mapping[str, Any]) -> tuple[str, dict[str
 def _progress_callback(steps: int | None):
     from featvis import _progress
 
-    return lambda state: _progress.report("render step", state.step, steps or state.step, preview=state.images)
+    return lambda state: _progress.report("render step", state.step, steps or state.step, preview=state.images,
+                                          score=float(state.scores[0]))  # the web page shows it beside the step
 
 
 def _render_outputs(clf, res, batch: Batch, folder: str, classes: list[int] | None) -> list[Output]:
@@ -197,7 +198,8 @@ class FeaturesParams:
             except (TypeError, ValueError):
                 raise FeatvisError(f"channels {self.channels!r} must be integers, e.g. 7 or 0,5,9") from None
             if not chans or min(chans) < 0:
-                raise FeatvisError(f"channels must be non-negative integers, got {self.channels!r}")
+                raise FeatvisError(f"channels must be non-negative integers, got {self.channels!r}; give channel "
+                                   "indices such as 0,5,9 (see `featvis layers` for each layer's channel count)")
             object.__setattr__(self, "channels", tuple(dict.fromkeys(chans)))
         check_render(size=self.size, steps=self.steps)
 
@@ -225,8 +227,8 @@ class FeaturesTask(Task):
         chans = list(range(count)) if self.params.channels == "all" else list(self.params.channels)
         bad = [c for c in chans if c >= count]
         if bad:
-            raise FeatvisError(f"layer {name!r} has {count} channels (0..{count - 1}); channel {bad[0]} does not "
-                               "exist")
+            raise FeatvisError(f"layer {layer_label(clf, name)!r} has {count} channels (0..{count - 1}); channel "
+                               f"{bad[0]} does not exist")
         return name, chans
 
     def prepare(self, clf) -> None:
