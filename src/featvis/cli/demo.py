@@ -37,8 +37,8 @@ def demo(
     json: JsonOpt = False,
     overwrite: Annotated[bool, typer.Option(help="Redo stages already in the folder.")] = False,
 ) -> None:
-    """Run the whole lab on the bundled photos and write one HTML report, DIR/index.html (the full run takes
-    about 8 minutes on 2 CPU cores; --quick about a minute)."""
+    """Run the whole lab on the bundled photos and write one HTML report, DIR/index.html (the full run takes 4-7
+    minutes on 2 CPU cores, more on a busy machine; --quick about a minute)."""
     import time
 
     from featvis.cli._progress_view import duration
