@@ -324,3 +324,20 @@ def test_the_evaluate_table_carries_its_legend(tiny, photos, tmp_path):
     table = EvaluateTask.overview(run)
     assert table.header[:2] == ["method", "deletion ↓"]
     assert "★ best of the column" in table.caption and "✗ does not beat the random map" in table.caption
+
+
+def test_a_resume_under_other_numerics_is_refused(clf, tmp_path, monkeypatch):
+    """Issue 23: the fast-path setting was not in the parameters hash, so a run resumed with FEATVIS_FAST=bf16 mixed
+    bf16 and fp32 batches silently; the images per model call are part of it too."""
+    photo = str(fv.samples.path("chelsea"))
+    task = ClassifyTask()
+    first = run_task(task, [photo], tmp_path, clf=clf)
+    assert first.manifest["numerics"]["fast_path"]["autocast"] is None and first.manifest["numerics"]["max_chunk"]
+    for env in ({"FEATVIS_FAST": "bf16"}, {"FEATVIS_FAST": "0"}, {"FEATVIS_MAX_CHUNK": "4"}):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            with pytest.raises(FeatvisError, match="other parameters"):
+                run_task(task, [photo], tmp_path, clf=clf)
+    again = run_task(task, [photo], tmp_path, clf=clf)  # the same numerics resume
+    assert again.manifest["counts"]["skipped"] == 1

@@ -81,9 +81,22 @@ def default_chunk(clf, images: torch.Tensor, backward: bool = True) -> int:
     side = max(images.shape[-2:])
     per_image = sum(4 * _numel(i.shape) for i in list_layers(clf, size=side) if i.shape) or 4 * images[0].numel()
     per_image *= 3 if backward else 1
-    env = os.environ.get("FEATVIS_MAX_CHUNK")
-    cap = int(env) if env else MAX_CHUNK
-    return max(1, min(cap, _available_bytes(images.device) // 4 // max(per_image, 1)))
+    return max(1, min(chunk_cap(), _available_bytes(images.device) // 4 // max(per_image, 1)))
+
+
+def chunk_cap() -> int:
+    """The most images per model call: `FEATVIS_MAX_CHUNK`, else MAX_CHUNK (the runner records it: results of a
+    method whose chunks interact, such as a batch-dependent kernel choice, depend on it)."""
+    env = os.environ.get("FEATVIS_MAX_CHUNK", "").strip()
+    if not env:
+        return MAX_CHUNK
+    try:
+        cap = int(env)
+    except ValueError:
+        raise FeatvisError(f"FEATVIS_MAX_CHUNK={env!r} must be a whole number of images (e.g. 8)") from None
+    if cap < 1:
+        raise FeatvisError(f"FEATVIS_MAX_CHUNK={env!r} must be at least 1")
+    return cap
 
 
 def _numel(shape: Sequence[int]) -> int:

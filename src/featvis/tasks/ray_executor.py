@@ -40,15 +40,24 @@ def _require_ray():
 class _Worker:
     """The actor: one classifier, built once, then batch after batch."""
 
-    def __init__(self, source: dict, weights_sha256: str, device: str, threads: int) -> None:
+    def __init__(self, source: dict, weights_sha256: str, device: str, threads: int,
+                 numerics: dict | None = None) -> None:
         import torch
 
         from featvis._alloc import tune_allocator
         from featvis.models import rebuild
+        from featvis.models.fast import FastOptions
 
         tune_allocator()
         torch.set_num_threads(max(1, threads))
         self.clf = rebuild(source, device, expected_hash=weights_sha256)
+        # The driver's numerics, not this node's environment: the run's parameters hash holds them
+        numerics = numerics or {}
+        fast = numerics.get("fast_path")
+        if fast is not None:
+            self.clf.fast = False if fast == "off" else FastOptions(**fast)
+        if numerics.get("max_chunk") is not None:
+            os.environ["FEATVIS_MAX_CHUNK"] = str(numerics["max_chunk"])
 
     def run(self, task: Task, items: list[Item], out: str) -> BatchResult:
         import ray
@@ -133,7 +142,10 @@ class RayExecutor:
         actor = ray.remote(_Worker).options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=self.max_restarts,
                                             max_task_retries=self.max_restarts)
         threads = max(1, round(self.cpus))
-        self.actors = [actor.remote(source.to_dict(), clf.weights_hash, device, threads) for _ in range(n)]
+        from featvis.tasks.runner import run_numerics
+
+        numerics = run_numerics(clf)
+        self.actors = [actor.remote(source.to_dict(), clf.weights_hash, device, threads, numerics) for _ in range(n)]
         self.workers = n
         return self.actors
 

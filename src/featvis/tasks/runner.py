@@ -62,8 +62,32 @@ def model_info(clf) -> dict[str, Any]:
 
 
 def params_hash(task: Task, clf, seed: int) -> str:
-    key = {"task": task.name, "params": task.param_dict(), "model": clf.id, "seed": seed}
+    """What a resumed run must share with the run it resumes: the task and parameters, the model, the seed, and the
+    numerics that change results beyond float tolerance — the fast path's options (bf16 autocast moves maps by tens
+    of percent) and the images per model call. At their defaults they are left out, so run folders made before
+    they were recorded still resume."""
+    key: dict[str, Any] = {"task": task.name, "params": task.param_dict(), "model": clf.id, "seed": seed}
+    defaults = _default_numerics()
+    chosen = {k: v for k, v in run_numerics(clf).items() if v != defaults.get(k)}
+    if chosen:
+        key["numerics"] = chosen
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_numerics(clf) -> dict[str, Any]:
+    """The settings that change a run's numbers: the fast path's options and the cap on images per model call."""
+    from featvis.attribution._base import chunk_cap
+
+    return {"fast_path": fast_path(clf), "max_chunk": chunk_cap()}
+
+
+def _default_numerics() -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from featvis.attribution._base import MAX_CHUNK
+    from featvis.models.fast import FastOptions
+
+    return {"fast_path": asdict(FastOptions()), "max_chunk": MAX_CHUNK}
 
 
 @contextlib.contextmanager
@@ -179,7 +203,7 @@ def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | o
             "schema": fmt.SCHEMA, "task": task.name, "params": task.param_dict(), "params_hash": phash,
             "seed": seed, "model": model_info(clf), "inputs": data.spec,
             "executor": ex.describe() | {"batch_size": size}, "versions": versions(),
-            "numerics": numerics() | {"fast_path": fast_path(clf)},
+            "numerics": numerics() | run_numerics(clf),
             "argv": list(argv if argv is not None else sys.argv),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running",
         }
