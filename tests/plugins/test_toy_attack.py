@@ -51,3 +51,20 @@ def test_toy_attack_through_cli_web_and_report(toy, clf, capsys, tmp_path):
     assert toy in names and job["status"] == "done" and job["result"]["predicted"] != job["result"]["original_class"]
     page = report_html(capsys, tmp_path / "run", tmp_path)
     assert f"Fooling images: {toy}" in page
+
+
+def test_toy_attack_reaches_robustness_through_its_declared_budget(toy, clf, capsys, tmp_path):
+    """Robustness takes any attack whose registration declares a budget norm and an `eps` option (no hand-written
+    list of attack names: issue 23)."""
+    from featvis.adversarial._base import budgeted_attacks
+
+    assert toy in budgeted_attacks("linf") and toy not in budgeted_attacks("l2")
+    img = fv.samples.path("chelsea")
+    out = cli_json(capsys, "robustness", img, "--method", toy, "--eps", "1/255,4/255", "-o", tmp_path / "rob")
+    assert out["items"][0]["method"] == toy and out["summary"]["curve"]["fooled_rate"][-1] == 1.0
+    from featvis.cli import main
+
+    assert main(["robustness", str(img), "--method", toy, "--norm", "l2", "--eps", "0.5", "--quiet"]) == 2
+    assert f"{toy} is linf only" in capsys.readouterr().err
+    page = report_html(capsys, tmp_path / "rob", tmp_path)
+    assert toy in page

@@ -24,6 +24,33 @@ ATTACKS = SpecRegistry("attack", shared=("callback",), common_help={
 })
 
 
+def budget_norms(name: str) -> tuple[str, ...]:
+    """The norms an attack's budget `eps` can be measured in, as its registration declares (() when it takes no
+    budget: lab, cw, deepfool). Robustness curves need one; the L2 norm needs an attack that declares it."""
+    spec = ATTACKS.get(name)
+    return tuple(spec.info.get("norms", ())) if "eps" in spec.options else ()
+
+
+def budgeted_attacks(norm: str = "linf") -> list[str]:
+    """Every registered attack whose budget can be measured in `norm`."""
+    return [n for n in ATTACKS.names() if norm in budget_norms(n)]
+
+
+def check_budgeted(method: str, norm: str = "linf") -> str:
+    """The canonical name of an attack that can run at a budget in `norm`, or a one-line error naming those that
+    can."""
+    name = ATTACKS.canonical(method)
+    norms = budget_norms(name)
+    if not norms:
+        raise FeatvisError(f"robustness needs an attack with a budget ({', '.join(budgeted_attacks())}), not "
+                           f"{name!r}")
+    if norm not in norms:
+        raise FeatvisError(f"norm {norm!r} needs an attack that measures its budget in it "
+                           f"({', '.join(budgeted_attacks(norm)) or 'none registered'}); {name} is "
+                           f"{'/'.join(norms)} only")
+    return name
+
+
 def resolve_attack_targets(clf, images: torch.Tensor, target, seed: Seed = 0, logits: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(targets [B] or None for untargeted, the model's original predictions [B], its probabilities [B, K]).

@@ -13,11 +13,10 @@ import torch
 
 from featvis._ops import Seed, _single
 from featvis._types import Result
-from featvis.adversarial._base import ATTACKS, prepare, resolve_attack_targets
+from featvis.adversarial._base import ATTACKS, check_budgeted, prepare, resolve_attack_targets
 from featvis.errors import FeatvisError
 
 EPS_255 = (1, 2, 3, 4, 6, 8)  # whole 8-bit levels: on an 8-bit original the saved image stays inside each
-BUDGETED = ("fgsm", "pgd", "mifgsm", "ascent")
 
 
 def fooled_rates(min_eps: Iterable[float | None], eps: Sequence[float]) -> list[float]:
@@ -86,24 +85,21 @@ def robustness(clf, images: torch.Tensor, target=None, *, eps: Sequence[float] |
     Args:
         target: as for every attack; None (default) asks how often the model can be made to change its mind.
         eps: budgets in [0, 1] pixel units (default 1, 2, 3, 4, 6, 8 /255).
-        method: fgsm, pgd (default), mifgsm (L∞) or ascent (its per-pixel cap is the budget).
-        norm: "linf", or "l2" for fgsm/pgd.
+        method: an attack with a budget (its registration declares the norms: fgsm, pgd (default), mifgsm,
+            ascent — its per-pixel cap is the budget).
+        norm: "linf", or "l2" for an attack that declares it (fgsm, pgd).
         options: passed to the attack (e.g. steps=, alpha=, random_start=).
         callback: called as callback(index of ε, images still unfooled).
 
     Example:
         >>> r = robustness(clf, x, eps=[1/255, 2/255, 4/255]); r.fooled_rate, r.min_eps * 255
     """
-    name = ATTACKS.canonical(method)
-    if name not in BUDGETED:
-        raise FeatvisError(f"robustness needs an attack with a budget ({', '.join(BUDGETED)}), not {name!r}")
+    name = check_budgeted(method, norm)
     grid = sorted(float(e) for e in (eps if eps is not None else [e / 255 for e in EPS_255]))
     if not grid or any(not (0 < e < math.inf) for e in grid):
         raise FeatvisError(f"eps must be positive finite budgets in [0, 1] pixel units, got {list(grid)}")
-    if norm != "linf" and name not in ("fgsm", "pgd"):
-        raise FeatvisError(f"norm={norm!r} needs fgsm or pgd; {name} is an L∞ attack")
     attack = ATTACKS.get(name)
-    extra = {"norm": norm} if name in ("fgsm", "pgd") else {}
+    extra = {"norm": norm} if "norm" in attack.options else {}
     x = prepare(clf, images)
     targets, original, _ = resolve_attack_targets(clf, x, target, seed)
     b = x.shape[0]

@@ -174,23 +174,7 @@ class FoolTask(ClassTarget, Task):
         target = p.get("target")
         what = {None: "anything else (untargeted)", "random": "a random class per image",
                 "true": "its true class"}.get(target, str(target))
-        intro = {
-            "ascent": "Each photo is changed, imperceptibly, until the model calls it the target. <b>ascent</b> takes "
-                      "the lab's normalized gradient steps on the target's log-probability, keeps every pixel within "
-                      f"{_budget(opts.get('eps', 3 / 255))} of the original, and stops as soon as the saved 8-bit "
-                      "image is classified as the target.",
-            "lab": "The lab's recipe as written: normalized gradient steps on the target's logit, no cap on any pixel, "
-                   "until the saved 8-bit image is classified as the target.",
-            "fgsm": f"One signed gradient step of size ε = {_budget(opts.get('eps', 8 / 255))} (Goodfellow et al. "
-                    "2014).",
-            "pgd": f"Projected gradient descent (Madry et al. 2017) within the budget {_norm_budget(opts)}, stopping "
-                   "when the saved 8-bit image fools the model.",
-            "mifgsm": f"Momentum iterative FGSM (Dong et al. 2018) within ε = {_budget(opts.get('eps', 8 / 255))}.",
-            "cw": "Carlini–Wagner L2 (2017): the smallest L2 change found by Adam with a binary search over its "
-                  "constant; no budget.",
-            "deepfool": "DeepFool (Moosavi-Dezfooli et al. 2016): steps to the nearest decision boundary of the "
-                        "linearized model; the smallest L2 change that flips the prediction, no budget.",
-        }.get(method, f"The {method} attack.")
+        intro = _attack_intro(method, opts)
         s = Section(f"Fooling images: {method}, target {what}",
                     intro + " Panels: original, fooled image, the difference around grey scaled per image until "
                     "its largest change is black or white (the factor is in its title), and the difference "
@@ -217,6 +201,22 @@ class FoolTask(ClassTarget, Task):
     @classmethod
     def overview(cls, run) -> Table:
         return cls.section(run).tables[1]
+
+
+def _attack_intro(method: str, opts: Mapping[str, Any]) -> str:
+    """What the attack does, from its own docstring (written once, in its file), and its budget."""
+    from html import escape
+
+    from featvis.adversarial import ATTACKS
+    from featvis.adversarial._base import budget_norms
+
+    if method not in ATTACKS:
+        return f"The {escape(method)} attack."
+    text = escape(ATTACKS.get(method).summary)
+    if budget_norms(method):
+        default = ATTACKS.get(method).options["eps"].default  # the attack's own default budget
+        text += f" Budget: {_norm_budget({'eps': default, **opts})}."
+    return text + " Each image stops as soon as its saved 8-bit version fools the model."
 
 
 def _fooled(record: Mapping[str, Any]) -> str:
@@ -266,12 +266,10 @@ class RobustnessParams:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from featvis.adversarial.robustness import BUDGETED
+        from featvis.adversarial._base import check_budgeted
 
         target = _target(self.target)
         name, target, opts = check_attack(self.method, target, self.options)
-        if name not in BUDGETED:
-            raise FeatvisError(f"robustness needs an attack with a budget ({', '.join(BUDGETED)}), not {name!r}")
         if "eps" in opts:
             raise FeatvisError("give the budgets with eps=[...] (CLI: --eps 1/255,2/255,...), not as an attack option")
         from featvis._registry import parse_budget
@@ -284,8 +282,7 @@ class RobustnessParams:
         if self.norm == "linf" and grid[-1] > 1:
             raise FeatvisError(f"budget {grid[-1]:g} is more than the whole pixel range [0, 1]; write 8/255 for 8 "
                                "levels")
-        if self.norm != "linf" and name not in ("fgsm", "pgd"):
-            raise FeatvisError(f"norm {self.norm!r} needs fgsm or pgd; {name} is an L∞ attack")
+        check_budgeted(name, self.norm)
         object.__setattr__(self, "method", name)
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "options", opts)
