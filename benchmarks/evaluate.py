@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import featvis as fv
 from featvis.attribution import metrics as curves
-from featvis.attribution.evaluation import RANDOM, evaluate_batch, summarize
+from featvis.attribution.evaluation import evaluate_batch
+from featvis.attribution.leaderboard import RANDOM, summarize
 from featvis.attribution.road import linear_impute, removal_masks, road
 from featvis.attribution.robust_metrics import infidelity
 from featvis.attribution.sanity import FLAG_SPEARMAN

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 import featvis as fv
 from featvis.attribution import metrics, saliency
 from featvis.attribution.complexity import entropy, gini
-from featvis.attribution.evaluation import METRICS, RANDOM, bootstrap_interval, evaluate_batch, summarize
+from featvis.attribution.evaluation import evaluate_batch
+from featvis.attribution.leaderboard import RANDOM, bootstrap_interval, summarize
+from featvis.attribution.metric import METRICS
 from featvis.attribution.road import linear_impute, removal_masks, road
 from featvis.attribution.robust_metrics import (
     infidelity,

@@ -13,79 +13,104 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from featvis._ops import Seed, first_seed
-from featvis._registry import Option, Registry, Spec
+from featvis._registry import Option, Spec
 from featvis.attribution import metrics as _curves
 from featvis.attribution._base import ATTRIBUTIONS, prepare
 from featvis.attribution.complexity import gini
+from featvis.attribution.leaderboard import RANDOM
+from featvis.attribution.metric import GROUPS, METRICS, Context, Metric, default_metrics, metric_group
 from featvis.attribution.road import road
 from featvis.attribution.robust_metrics import infidelity, max_sensitivity
 from featvis.attribution.sanity import efficient_mprt, randomization_similarity
-from featvis.errors import FeatvisError
-
-RANDOM = "random"
-RESAMPLES = 2000
-CONFIDENCE = 0.95
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A registered metric: what it measures, which way is better, where it comes from and exactly how it is run."""
-
-    name: str
-    higher_is_better: bool | None  # None: not a quality score (time)
-    paper: str
-    protocol: str
-    group: str  # metrics of one group come from one computation
-    vs_random: bool = True  # False where the random map is the trivial optimum (an input-independent map is stable)
-
-    @property
-    def direction(self) -> str:
-        return {True: "↑", False: "↓", None: "↓ (cost)"}[self.higher_is_better]
-
-
-METRICS: Registry[Metric] = Registry("metric")
-
-
-def _metric(name: str, better: bool | None, paper: str, protocol: str, group: str | None = None,
-            vs_random: bool = True) -> None:
-    METRICS.add(name, Metric(name, better, paper, protocol, group or name, vs_random))
-
+from featvis.errors import FeatvisError, did_you_mean
 
 RISE_PAPER = "Petsiuk, Das, Saenko 2018, RISE (BMVC)"
 ROAD_PAPER = "Rong et al. 2022, A Consistent and Efficient Evaluation Strategy for Attribution Methods (ICML)"
 YEH_PAPER = "Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations (NeurIPS)"
-_metric("deletion", False, RISE_PAPER, "p(class) as the most salient pixels are replaced by the model's mean colour, "
-        "`pixels_per_step` (default: the image side) per step; AUC = trapezoid / steps", "curves")
-_metric("insertion", True, RISE_PAPER, "p(class) as the most salient pixels are put back on a Gaussian-blurred copy "
-        "(kernel 11, σ 5); AUC = trapezoid / steps", "curves")
-_metric("road-morf", False, ROAD_PAPER, "mean p(class) after removing 10..90 % of the pixels, most relevant first, "
-        "filled by noisy linear imputation (σ 0.01 normalized)", "road")
-_metric("road-lerf", True, ROAD_PAPER, "mean p(class) after removing 10..90 % of the pixels, least relevant first, "
-        "filled by noisy linear imputation", "road")
-_metric("road-gap", True, ROAD_PAPER, "road-lerf − road-morf", "road")
-_metric("max-sensitivity", False, YEH_PAPER, "max over 10 uniform L∞ perturbations of radius 0.02 of "
-        "‖Φ(x+δ) − Φ(x)‖/‖Φ(x)‖ (captum.metrics.sensitivity_max); randomized methods keep their own draws; "
-        "the random map ignores the input, so it scores 0 and is not a bar to beat", vs_random=False)
-_metric("infidelity", False, YEH_PAPER, "E[(Iᵀ β·Φ − (f(x) − f(x − I)))²] over 16 random squares (1/7 of the side) "
-        "set to the mean colour, f the target logit, β the optimal scale (captum.metrics.infidelity, normalize=True)")
-_metric("sparseness", True, "Chalasani et al. 2020, Concise Explanations ... Adversarial Training (ICML)",
-        "Gini index of |map| (Quantus Sparseness)")
-_metric("emprt", True, "Hedström et al. 2024, Sanity Checks Revisited (TMLR): efficient MPRT",
-        "entropy of the |map| histogram (100 bins) with every block re-initialized ÷ with the trained model")
-_metric("randomization", False, "Adebayo et al. 2018, Sanity Checks for Saliency Maps (NeurIPS)",
-        "mean Spearman correlation of |map| with the original while the top half of the blocks is re-initialized, "
-        "logits first (cascading); expensive (10 maps per method on Lite0): not in the default set")
-_metric("seconds", None, "", "wall time of the map per image (the method alone, batched)", "time")
 
-DEFAULT_METRICS = ("deletion", "insertion", "road-morf", "road-lerf", "road-gap", "max-sensitivity", "infidelity",
-                   "sparseness", "emprt", "seconds")
+
+@metric_group("curves",
+              Metric("deletion", False, RISE_PAPER, "p(class) as the most salient pixels are replaced by the model's "
+                     "mean colour, `pixels_per_step` (default: the image side) per step; AUC = trapezoid / steps"),
+              Metric("insertion", True, RISE_PAPER, "p(class) as the most salient pixels are put back on a "
+                     "Gaussian-blurred copy (kernel 11, σ 5); AUC = trapezoid / steps"),
+              options_of=_curves.deletion)
+def deletion_insertion(c: Context, **options: Any) -> dict[str, torch.Tensor]:
+    dele = _curves.deletion(c.clf, c.images, c.maps, targets=c.targets, **options)
+    ins = _curves.insertion(c.clf, c.images, c.maps, targets=c.targets, **options)
+    c.curves = {"deletion": dele.probs, "insertion": ins.probs}
+    return {"deletion": dele.auc, "insertion": ins.auc}
+
+
+@metric_group("road",
+              Metric("road-morf", False, ROAD_PAPER, "mean p(class) after removing 10..90 % of the pixels, most "
+                     "relevant first, filled by noisy linear imputation (σ 0.01 normalized)"),
+              Metric("road-lerf", True, ROAD_PAPER, "mean p(class) after removing 10..90 % of the pixels, least "
+                     "relevant first, filled by noisy linear imputation"),
+              Metric("road-gap", True, ROAD_PAPER, "road-lerf − road-morf"),
+              options_of=road)
+def _road(c: Context, **options: Any) -> dict[str, torch.Tensor]:
+    r = road(c.clf, c.images, c.maps, targets=c.targets, seed=c.seed, **options)
+    return {"road-morf": r.morf_mean, "road-lerf": r.lerf_mean, "road-gap": r.gap}
+
+
+@metric_group("max-sensitivity",
+              Metric("max-sensitivity", False, YEH_PAPER, "max over 10 uniform L∞ perturbations of radius 0.02 of "
+                     "‖Φ(x+δ) − Φ(x)‖/‖Φ(x)‖ (captum.metrics.sensitivity_max); randomized methods keep their own "
+                     "draws; the random map ignores the input, so it scores 0 and is not a bar to beat",
+                     vs_random=False),
+              options_of=max_sensitivity)
+def _sensitivity(c: Context, **options: Any) -> dict[str, torch.Tensor]:
+    return {"max-sensitivity": max_sensitivity(c.clf, c.images, c.maps, c.targets, c.method, options=c.options,
+                                               seed=c.seed, **options)}
+
+
+@metric_group("infidelity",
+              Metric("infidelity", False, YEH_PAPER, "E[(Iᵀ β·Φ − (f(x) − f(x − I)))²] over 16 random squares (1/7 "
+                     "of the side) set to the mean colour, f the target logit, β the optimal scale "
+                     "(captum.metrics.infidelity, normalize=True)"),
+              options_of=infidelity)
+def _infidelity(c: Context, **options: Any) -> dict[str, torch.Tensor]:
+    return {"infidelity": infidelity(c.clf, c.images, c.maps, c.targets, seed=c.seed, **options)}
+
+
+@metric_group("sparseness",
+              Metric("sparseness", True, "Chalasani et al. 2020, Concise Explanations ... Adversarial Training "
+                     "(ICML)", "Gini index of |map| (Quantus Sparseness)"))
+def _sparseness(c: Context) -> dict[str, torch.Tensor]:
+    return {"sparseness": gini(c.maps)}
+
+
+@metric_group("emprt",
+              Metric("emprt", True, "Hedström et al. 2024, Sanity Checks Revisited (TMLR): efficient MPRT",
+                     "entropy of the |map| histogram (100 bins) with every block re-initialized ÷ with the trained "
+                     "model"),
+              options_of=efficient_mprt)
+def _emprt(c: Context, **options: Any) -> dict[str, torch.Tensor]:
+    return {"emprt": efficient_mprt(c.clf, c.images, c.maps, c.targets, c.method, options=c.options,
+                                    seed=first_seed(c.seed), **options)}
+
+
+@metric_group("randomization",
+              Metric("randomization", False, "Adebayo et al. 2018, Sanity Checks for Saliency Maps (NeurIPS)",
+                     "mean Spearman correlation of |map| with the original while the top half of the blocks is "
+                     "re-initialized, logits first (cascading); expensive (10 maps per method on Lite0): not in the "
+                     "default set", default=False),
+              options_of=randomization_similarity)
+def _randomization(c: Context, **options: Any) -> dict[str, torch.Tensor]:
+    return {"randomization": randomization_similarity(c.clf, c.images, c.maps, c.targets, c.method,
+                                                      options=c.options, seed=first_seed(c.seed), **options)}
+
+
+@metric_group("time", Metric("seconds", None, "", "wall time of the map per image (the method alone, batched)"))
+def _time(c: Context) -> dict[str, torch.Tensor]:
+    return {}  # evaluate_batch times each map itself
 
 
 def _random(clf, images: torch.Tensor, target=None, *, seed: Seed = 0, batch_size: int | None = None) -> torch.Tensor:
@@ -94,65 +119,6 @@ def _random(clf, images: torch.Tensor, target=None, *, seed: Seed = 0, batch_siz
 
 
 RANDOM_SPEC = Spec(RANDOM, _random, {"seed": Option("seed", 0, "seed")}, "uniform-random map")
-
-
-@dataclass
-class _Context:
-    clf: Any
-    images: torch.Tensor
-    targets: torch.Tensor
-    maps: torch.Tensor
-    method: Callable
-    options: dict
-    seed: Seed
-    metric_options: Mapping[str, Mapping[str, Any]]
-    curves: dict = field(default_factory=dict)
-
-    def opts(self, group: str) -> dict:
-        return dict(self.metric_options.get(group, {}))
-
-
-def _g_curves(c: _Context) -> dict[str, torch.Tensor]:
-    o = c.opts("curves")
-    dele = _curves.deletion(c.clf, c.images, c.maps, targets=c.targets, **o)
-    ins = _curves.insertion(c.clf, c.images, c.maps, targets=c.targets, **o)
-    c.curves = {"deletion": dele.probs, "insertion": ins.probs}
-    return {"deletion": dele.auc, "insertion": ins.auc}
-
-
-def _g_road(c: _Context) -> dict[str, torch.Tensor]:
-    r = road(c.clf, c.images, c.maps, targets=c.targets, seed=c.seed, **c.opts("road"))
-    return {"road-morf": r.morf_mean, "road-lerf": r.lerf_mean, "road-gap": r.gap}
-
-
-def _g_sensitivity(c: _Context) -> dict[str, torch.Tensor]:
-    return {"max-sensitivity": max_sensitivity(c.clf, c.images, c.maps, c.targets, c.method, options=c.options,
-                                               seed=c.seed, **c.opts("max-sensitivity"))}
-
-
-def _g_infidelity(c: _Context) -> dict[str, torch.Tensor]:
-    return {"infidelity": infidelity(c.clf, c.images, c.maps, c.targets, seed=c.seed, **c.opts("infidelity"))}
-
-
-def _g_sparseness(c: _Context) -> dict[str, torch.Tensor]:
-    return {"sparseness": gini(c.maps)}
-
-
-def _g_emprt(c: _Context) -> dict[str, torch.Tensor]:
-    return {"emprt": efficient_mprt(c.clf, c.images, c.maps, c.targets, c.method, options=c.options,
-                                    seed=first_seed(c.seed), **c.opts("emprt"))}
-
-
-def _g_randomization(c: _Context) -> dict[str, torch.Tensor]:
-    return {"randomization": randomization_similarity(c.clf, c.images, c.maps, c.targets, c.method,
-                                                      options=c.options, seed=first_seed(c.seed),
-                                                      **c.opts("randomization"))}
-
-
-GROUPS: dict[str, Callable[[_Context], dict[str, torch.Tensor]]] = {
-    "curves": _g_curves, "road": _g_road, "max-sensitivity": _g_sensitivity, "infidelity": _g_infidelity,
-    "sparseness": _g_sparseness, "emprt": _g_emprt, "randomization": _g_randomization,
-}
 
 
 def _method_options(spec, given: Mapping[str, Any], seed: Seed) -> dict[str, Any]:
@@ -172,7 +138,7 @@ def _number(value: torch.Tensor) -> float | None:
 
 
 def evaluate_batch(clf, images: torch.Tensor, targets=None, methods: Sequence[str] = ("gradient", "gradcam"),
-                   metrics: Sequence[str] = DEFAULT_METRICS, *, seed: Seed = 0,
+                   metrics: Sequence[str] | None = None, *, seed: Seed = 0,
                    reference_images: torch.Tensor | None = None,
                    method_options: Mapping[str, Mapping[str, Any]] | None = None,
                    metric_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -182,7 +148,8 @@ def evaluate_batch(clf, images: torch.Tensor, targets=None, methods: Sequence[st
     Args:
         targets: the classes to explain and to measure (index/name, one per image, or None: the predicted classes).
         methods: registered attribution methods.
-        metrics: registered metric names (`METRICS.names()`); "randomization" is the expensive optional one.
+        metrics: registered metric names (`METRICS.names()`; default: `default_metrics()`, which leaves out the
+            expensive "randomization").
         seed: one int or one per image: the random map, ROAD noise, perturbations, and randomized methods' draws.
         reference_images: baselines for methods that take `references` (expected-gradients), e.g. drawn from the
             data set; default: the other images of the batch.
@@ -196,6 +163,7 @@ def evaluate_batch(clf, images: torch.Tensor, targets=None, methods: Sequence[st
         "seconds": {method: {"map": s, group: s, ...}} (seconds per image), "curves": {method: {"deletion": [...],
         "insertion": [...]}}}.
     """
+    metrics = default_metrics() if metrics is None else metrics
     for name in metrics:
         METRICS.get(name)
     images, target_idx = prepare(clf, images, targets)
@@ -216,120 +184,78 @@ def evaluate_batch(clf, images: torch.Tensor, targets=None, methods: Sequence[st
         seconds = {"map": (time.perf_counter() - t0) / b}
         if maps.shape != (b, *images.shape[-2:]):
             raise FeatvisError(f"method {name} returned maps of shape {tuple(maps.shape)}; evaluate needs [B, H, W]")
-        ctx = _Context(clf, images, target_idx, maps.detach(), spec, opts, seed, metric_options or {})
         values: dict[str, torch.Tensor] = {}
+        curves: dict = {}
         for group in groups:
             if group == "time":
                 continue
+            ctx = Context(clf, images, target_idx, maps.detach(), spec, opts, seed,
+                          (metric_options or {}).get(group, {}))
             t0 = time.perf_counter()
-            values.update(GROUPS[group](ctx))
+            values.update(GROUPS.get(group)(ctx))
             seconds[group] = (time.perf_counter() - t0) / b
+            curves |= ctx.curves
         values["seconds"] = torch.full((b,), seconds["map"])
         for i, rec in enumerate(records):
             rec["scores"][name] = {k: _number(v[i]) for k, v in values.items() if k in wanted}
             rec["seconds"][name] = seconds
-            if ctx.curves:
-                rec["curves"][name] = {k: v[i].tolist() for k, v in ctx.curves.items()}
+            if curves:
+                rec["curves"][name] = {k: v[i].tolist() for k, v in curves.items()}
     return records
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One cell of the leaderboard."""
-
-    method: str
-    metric: str
-    mean: float
-    low: float  # bootstrap interval of the mean over images
-    high: float
-    n: int
-    random_mean: float | None
-    diff_low: float | None  # paired bootstrap interval of mean(method − random)
-    diff_high: float | None
-    beats_random: bool | None  # None for the random map itself, for time, and for max-sensitivity (see Metric)
-
-
-@dataclass(frozen=True)
-class Leaderboard:
-    """Mean and bootstrap interval per method × metric, with the random baseline and the beats_random flags."""
-
-    entries: list[Entry]
-    methods: list[str]
-    metrics: list[str]
-    confidence: float
-    resamples: int
-    seed: int
-
-    def get(self, method: str, metric: str) -> Entry:
-        for e in self.entries:
-            if e.method == method and e.metric == metric:
-                return e
-        raise FeatvisError(f"no leaderboard entry for {method} × {metric}")
-
-    def not_beating_random(self) -> list[tuple[str, str]]:
-        """(method, metric) pairs where the method is not better than the random map beyond the interval."""
-        return [(e.method, e.metric) for e in self.entries if e.beats_random is False]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"confidence": self.confidence, "resamples": self.resamples, "seed": self.seed,
-                "methods": self.methods, "metrics": {m: {"direction": METRICS.get(m).direction,
-                                                         "paper": METRICS.get(m).paper,
-                                                         "protocol": METRICS.get(m).protocol}
-                                                     for m in self.metrics},
-                "entries": [asdict(e) for e in self.entries]}
+def split_options(methods: tuple[str, ...], options: Mapping[str, Any]) -> tuple[dict, dict]:
+    """`-O` options → (per-method options, per-metric-group options). Keys: `option` (every chosen method that
+    takes it), `method.option` (one method), `group.option` (a metric group: curves, road, max-sensitivity,
+    infidelity, emprt, randomization)."""
+    per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    per_group: dict[str, dict[str, Any]] = {}
+    for key, value in options.items():
+        head, _, tail = key.partition(".")
+        if tail and head.replace("_", "-") in GROUPS:
+            group = head.replace("_", "-")
+            takes = GROUPS.get(group).options
+            name = tail.replace("-", "_")
+            if name not in takes:
+                raise did_you_mean(f"option for metric group {group}", tail, list(takes) or ["(none)"])
+            parsed = takes[name].parse(value)
+            if takes[name].kind == "any" and isinstance(parsed, str):  # a list such as road's fractions
+                try:
+                    parsed = tuple(float(v) for v in parsed.split(","))
+                except ValueError:
+                    raise FeatvisError(f"option {key}={value!r} must be numbers separated by commas") from None
+            per_group.setdefault(group, {})[name] = parsed
+            continue
+        if tail:
+            name = ATTRIBUTIONS.canonical(head)
+            if name not in methods:
+                raise FeatvisError(f"option {key!r} is for {name}, which is not among the methods evaluated")
+            per_method[name] |= ATTRIBUTIONS.get(name).check({tail: value}, what=name)
+            continue
+        takers = [m for m in methods if key.replace("-", "_") in ATTRIBUTIONS.get(m).options]
+        if not takers:
+            every = sorted({o for m in methods for o in ATTRIBUTIONS.get(m).options} | set(GROUPS))
+            raise did_you_mean("evaluate option", key, every,
+                               hint="write method.option or curves/road/infidelity/... .option for one of them")
+        for m in takers:
+            per_method[m] |= ATTRIBUTIONS.get(m).check({key: value}, what=m)
+    for m, opts in per_method.items():
+        if "seed" in opts:
+            raise FeatvisError(f"seed is the run's --seed (each image's seed derives from it); not an option of {m}")
+    return per_method, per_group
 
 
-def bootstrap_interval(values: torch.Tensor, *, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                       generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean of `values` [n] (float64)."""
-    n = values.shape[0]
-    if n == 0:
-        return math.nan, math.nan
-    idx = torch.randint(0, n, (resamples, n), generator=generator)
-    means = values.double()[idx].mean(1)
-    tail = (1 - confidence) / 2
-    q = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64))
-    return float(q[0]), float(q[1])
-
-
-def summarize(records: Sequence[Mapping[str, Any]], *, seed: int = 0, resamples: int = RESAMPLES,
-              confidence: float = CONFIDENCE) -> Leaderboard:
-    """The leaderboard of per-image records (from one or many `evaluate_batch` calls).
-
-    beats_random: the paired-bootstrap interval of the mean per-image difference (method − random) lies entirely on
-    the metric's better side. Images where either value is missing or not finite are left out of that pair. Not
-    computed (None) for time and for max-sensitivity, where the input-independent random map is the trivial optimum.
-    """
-    methods: list[str] = list(dict.fromkeys(m for r in records for m in r["scores"]))
-    metric_names: list[str] = list(dict.fromkeys(k for r in records for s in r["scores"].values() for k in s))
-    gen = torch.Generator().manual_seed(seed)
-    entries = []
-
-    def column(method: str, metric: str) -> list[float]:
-        values = [r["scores"].get(method, {}).get(metric) for r in records]
-        return [math.nan if v is None else v for v in values]
-
-    for metric in metric_names:
-        info = METRICS.get(metric) if metric in METRICS else None
-        better = info.higher_is_better if info else None
-        compare = better is not None and (info.vs_random if info else False)
-        rand = torch.tensor(column(RANDOM, metric), dtype=torch.float64)
-        rand_ok = rand[torch.isfinite(rand)]
-        rand_mean = float(rand_ok.mean()) if rand_ok.numel() and better is not None else None
-        for method in methods:
-            vals = torch.tensor(column(method, metric), dtype=torch.float64)
-            ok = torch.isfinite(vals)
-            if not ok.any():
+def applicable_methods(clf=None) -> tuple[str, ...]:
+    """Every registered method that can run on this model ("all"): attention methods only on attention models."""
+    names = []
+    for n in ATTRIBUTIONS.names():
+        needs = ATTRIBUTIONS.get(n).info.get("needs")
+        if needs == "attention":
+            if clf is None:
                 continue
-            low, high = bootstrap_interval(vals[ok], resamples=resamples, confidence=confidence, generator=gen)
-            d_low = d_high = None
-            beats = None
-            if compare and method != RANDOM and rand_mean is not None:
-                pair = ok & torch.isfinite(rand)
-                if pair.any():
-                    d_low, d_high = bootstrap_interval((vals - rand)[pair], resamples=resamples,
-                                                       confidence=confidence, generator=gen)
-                    beats = d_low > 0 if better else d_high < 0
-            entries.append(Entry(method, metric, float(vals[ok].mean()), low, high, int(ok.sum()),
-                                 rand_mean if method != RANDOM else None, d_low, d_high, beats))
-    return Leaderboard(entries, methods, metric_names, confidence, resamples, seed)
+            from featvis.layers import is_attention, root
+
+            if not any(is_attention(m) for m in root(clf).modules()):
+                continue
+        names.append(n)
+    return tuple(names)

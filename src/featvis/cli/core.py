@@ -130,10 +130,11 @@ def layers(
 @app.command()
 def metrics(json: JsonOpt = False) -> None:
     """List the evaluation metrics (for `featvis evaluate --metric`) with their direction, paper and protocol."""
-    from featvis.attribution.evaluation import DEFAULT_METRICS, METRICS
+    from featvis.attribution.metric import METRICS, default_metrics
 
     specs = [METRICS.get(n) for n in METRICS.names()]
+    defaults = default_metrics()
     records = [{"name": m.name, "direction": m.direction, "paper": m.paper, "protocol": m.protocol,
-                "default": m.name in DEFAULT_METRICS} for m in specs]
+                "default": m.name in defaults} for m in specs]
     print_rows(["metric", "better", "default", "paper", "protocol"],
-               [[m.name, m.direction, m.name in DEFAULT_METRICS, m.paper, m.protocol] for m in specs], json, records)
+               [[m.name, m.direction, m.name in defaults, m.paper, m.protocol] for m in specs], json, records)

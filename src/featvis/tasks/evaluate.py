@@ -13,88 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from featvis._registry import Option, options_from
 from featvis._types import Result as _Result
-from featvis.errors import FeatvisError, did_you_mean
+from featvis.attribution.evaluation import applicable_methods, split_options
+from featvis.errors import FeatvisError
 from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
 from featvis.tasks.saliency import resolve_targets
 
 CURVE_POINTS = 33  # deletion/insertion curves are stored resampled to this many points (the AUCs are exact)
 EXAMPLES = 4  # images in the example-maps strip of the report
-
-
-def _split_options(methods: tuple[str, ...], options: Mapping[str, Any]) -> tuple[dict, dict]:
-    """`-O` options → (per-method options, per-metric-group options). Keys: `option` (every chosen method that
-    takes it), `method.option` (one method), `group.option` (a metric group: curves, road, max-sensitivity,
-    infidelity, emprt, randomization)."""
-    from featvis.attribution import ATTRIBUTIONS
-    from featvis.attribution.evaluation import GROUPS
-
-    per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    per_group: dict[str, dict[str, Any]] = {}
-    for key, value in options.items():
-        head, _, tail = key.partition(".")
-        if tail and head.replace("_", "-") in GROUPS:
-            group = head.replace("_", "-")
-            takes = group_options(group)
-            name = tail.replace("-", "_")
-            if name not in takes:
-                raise did_you_mean(f"option for metric group {group}", tail, list(takes) or ["(none)"])
-            parsed = takes[name].parse(value)
-            if takes[name].kind == "any" and isinstance(parsed, str):  # a list such as road's fractions
-                try:
-                    parsed = tuple(float(v) for v in parsed.split(","))
-                except ValueError:
-                    raise FeatvisError(f"option {key}={value!r} must be numbers separated by commas") from None
-            per_group.setdefault(group, {})[name] = parsed
-            continue
-        if tail:
-            name = ATTRIBUTIONS.canonical(head)
-            if name not in methods:
-                raise FeatvisError(f"option {key!r} is for {name}, which is not among the methods evaluated")
-            per_method[name] |= ATTRIBUTIONS.get(name).check({tail: value}, what=name)
-            continue
-        takers = [m for m in methods if key.replace("-", "_") in ATTRIBUTIONS.get(m).options]
-        if not takers:
-            every = sorted({o for m in methods for o in ATTRIBUTIONS.get(m).options} | set(GROUPS))
-            raise did_you_mean("evaluate option", key, every,
-                               hint="write method.option or curves/road/infidelity/... .option for one of them")
-        for m in takers:
-            per_method[m] |= ATTRIBUTIONS.get(m).check({key: value}, what=m)
-    for m, opts in per_method.items():
-        if "seed" in opts:
-            raise FeatvisError(f"seed is the run's --seed (each image's seed derives from it); not an option of {m}")
-    return per_method, per_group
-
-
-def group_options(group: str) -> dict[str, Option]:
-    """The options of a metric group: the keyword-only parameters of the function that computes it."""
-    from featvis.attribution import evaluation as ev
-    from featvis.attribution import metrics as mx
-
-    fn = {"curves": mx.deletion, "road": ev.road, "max-sensitivity": ev.max_sensitivity,
-          "infidelity": ev.infidelity, "emprt": ev.efficient_mprt,
-          "randomization": ev.randomization_similarity}.get(group)
-    skip = ("targets", "options", "seed", "batch_size", "method")
-    return options_from(fn, skip) if fn is not None else {}
-
-
-def applicable_methods(clf=None) -> tuple[str, ...]:
-    """Every registered method that can run on this model ("all"): attention methods only on attention models."""
-    from featvis.attribution import ATTRIBUTIONS
-
-    names = []
-    for n in ATTRIBUTIONS.names():
-        needs = ATTRIBUTIONS.get(n).info.get("needs")
-        if needs == "attention":
-            if clf is None:
-                continue
-            from featvis.layers import is_attention, root
-
-            if not any(is_attention(m) for m in root(clf).modules()):
-                continue
-        names.append(n)
-    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -107,7 +33,7 @@ class EvaluateParams:
 
     def __post_init__(self) -> None:
         from featvis.attribution import ATTRIBUTIONS
-        from featvis.attribution.evaluation import DEFAULT_METRICS, METRICS
+        from featvis.attribution.metric import METRICS, default_metrics
 
         if isinstance(self.methods, str) and self.methods != "all":
             object.__setattr__(self, "methods", tuple(m for m in self.methods.split(",") if m.strip()))
@@ -117,10 +43,10 @@ class EvaluateParams:
                 raise FeatvisError("name at least one method, or 'all'")
         metrics = self.metrics
         if isinstance(metrics, str):
-            metrics = {"default": DEFAULT_METRICS, "all": tuple(METRICS.names())}.get(metrics, metrics.split(","))
+            metrics = {"default": default_metrics(), "all": tuple(METRICS.names())}.get(metrics, metrics.split(","))
         object.__setattr__(self, "metrics", tuple(dict.fromkeys(METRICS.canonical(m) for m in metrics)))
         if self.methods != "all":
-            _split_options(self.methods, self.options)  # checked now; the run splits them again
+            split_options(self.methods, self.options)  # checked now; the run splits them again
         if not 0 <= self.examples <= 16:
             raise FeatvisError(f"examples must be 0..16 images, got {self.examples}")
 
@@ -138,13 +64,13 @@ class EvaluateTask(ClassTarget, Task):
 
     def prepare(self, clf) -> None:
         super().prepare(clf)
-        _split_options(self.methods(clf), self.params.options)
+        split_options(self.methods(clf), self.params.options)
 
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis.attribution.evaluation import evaluate_batch
 
         methods = self.methods(clf)
-        per_method, per_group = _split_options(methods, self.params.options)
+        per_method, per_group = split_options(methods, self.params.options)
         targets = resolve_targets(clf, batch.images, self.params.target, batch.labels)
         records = evaluate_batch(clf, batch.images, targets, methods, self.params.metrics, seed=batch.seeds,
                                  method_options=per_method, metric_options=per_group)
@@ -159,7 +85,7 @@ class EvaluateTask(ClassTarget, Task):
         return outputs
 
     def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
-        from featvis.attribution.evaluation import summarize
+        from featvis.attribution.leaderboard import summarize
 
         board = summarize(records).to_dict()
         table = {}
@@ -193,7 +119,7 @@ class EvaluateTask(ClassTarget, Task):
         from featvis.images import load_image
 
         methods = self.methods(clf)
-        per_method, _ = _split_options(methods, self.params.options)
+        per_method, _ = split_options(methods, self.params.options)
         x = torch.cat([load_image(r["input"], clf) for r in records])
         targets = torch.tensor([r["target"] for r in records], device=x.device)
         seeds = [r["seed"] for r in records]
@@ -209,7 +135,7 @@ class EvaluateTask(ClassTarget, Task):
 
     @classmethod
     def section(cls, run) -> Section:
-        from featvis.attribution.evaluation import METRICS
+        from featvis.attribution.metric import METRICS
 
         summ = run.summary
         metrics = [m for m in summ["metrics"] if m != "seconds"]
@@ -324,7 +250,7 @@ def evaluate(clf, inputs, *, methods: tuple[str, ...] | str = "all", metrics: tu
         task.prepare(clf)
         x = check_images(inputs).to(clf.device)
         names = task.methods(clf)
-        per_method, per_group = _split_options(names, task.params.options)
+        per_method, per_group = split_options(names, task.params.options)
         seeds = [item_seed(seed, str(i)) for i in range(x.shape[0])]
         records = evaluate_batch(clf, x, target, names, task.params.metrics, seed=seeds, method_options=per_method,
                                  metric_options=per_group)

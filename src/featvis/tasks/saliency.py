@@ -10,12 +10,10 @@ from typing import Any
 import torch
 
 from featvis._io import npy_bytes
-from featvis._ops import random_draw
+from featvis.attribution._base import SCORES  # the one list of scores a method can explain
 from featvis.errors import FeatvisError, did_you_mean
 from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
 from featvis.tasks.classify import accuracy_summary, add_accuracy, per_class
-
-SCORES = ("logit", "log-prob", "prob")
 
 
 def check_methods(methods, options: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -104,7 +102,8 @@ class SaliencyTask(ClassTarget, Task):
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis import _progress
         from featvis.attribution import ATTRIBUTIONS
-        from featvis.attribution import metrics as mx
+        from featvis.attribution.evaluation import GROUPS, RANDOM, Context
+        from featvis.attribution.metrics import random_maps
         from featvis.figures import compare_methods, figure_png, overlay, saliency_panels, scale_maps
         from featvis.images import encode_png
         from featvis.models.classifier import frozen
@@ -121,16 +120,15 @@ class SaliencyTask(ClassTarget, Task):
             maps[name] = ATTRIBUTIONS.get(name)(clf, x, targets, **method_options(name, p.options, batch.seeds,
                                                                                   p.score))
             seconds[name] = (time.perf_counter() - t0) / len(batch)
-        curves = {}
-        if p.metrics:
+        curves: dict[str, dict[str, torch.Tensor]] = {}  # method → {"deletion": AUC [B], "insertion": AUC [B]}
+        if p.metrics:  # evaluate's own deletion/insertion (the "curves" metric group), against its random map
             pps = -(-x.shape[-1] * x.shape[-2] // p.metric_steps) if p.metric_steps else None
-            names = [*p.methods, "random"]
+            names = [*p.methods, RANDOM]
+            group = GROUPS.get("curves")
             for i, name in enumerate(names):
                 _progress.report(f"deletion/insertion: {name}", i, len(names))
-                m = random_draw("uniform", batch.seeds, (x.shape[0], *x.shape[-2:]), device=x.device) \
-                    if name == "random" else maps[name]
-                curves[name] = (mx.deletion(clf, x, m, pixels_per_step=pps), mx.insertion(clf, x, m,
-                                                                                         pixels_per_step=pps))
+                m = random_maps(x, batch.seeds) if name == RANDOM else maps[name]
+                curves[name] = group(Context(clf, x, targets, m, None, {}, batch.seeds, {"pixels_per_step": pps}))
         outputs = []
         for i, item in enumerate(batch.items):
             t = int(targets[i])
@@ -146,7 +144,7 @@ class SaliencyTask(ClassTarget, Task):
                     fig = saliency_panels(x[i:i + 1], maps[p.methods[0]][i:i + 1], [title], method=p.methods[0],
                                           shared_scale=p.shared_scale)
                 else:
-                    scores = {n: f"del {curves[n][0].auc[i]:.3f} · ins {curves[n][1].auc[i]:.3f}"
+                    scores = {n: f"del {curves[n]['deletion'][i]:.3f} · ins {curves[n]['insertion'][i]:.3f}"
                               for n in p.methods} if p.metrics else None
                     fig = compare_methods(x[i], {n: maps[n][i] for n in p.methods}, title,
                                           shared_scale=p.shared_scale, scores=scores)
@@ -163,8 +161,8 @@ class SaliencyTask(ClassTarget, Task):
                     arts[rec["heatmaps"][n]] = encode_png(h[None].expand(3, -1, -1))
                     arts[rec["overlays"][n]] = encode_png(torch.from_numpy(overlay(x[i], heat)).permute(2, 0, 1) / 255)
             if p.metrics:
-                rec["deletion_auc"] = {n: float(c[0].auc[i]) for n, c in curves.items()}
-                rec["insertion_auc"] = {n: float(c[1].auc[i]) for n, c in curves.items()}
+                rec["deletion_auc"] = {n: float(c["deletion"][i]) for n, c in curves.items()}
+                rec["insertion_auc"] = {n: float(c["insertion"][i]) for n, c in curves.items()}
             outputs.append(Output(rec, arts))
         return outputs
 
