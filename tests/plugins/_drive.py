@@ -12,7 +12,7 @@ from featvis.web.app import create_app
 
 
 def cli_json(capsys, *argv) -> dict:
-    extra = ["--device", "cpu"] if argv[0] not in ("methods", "attacks", "presets") else []
+    extra = ["--device", "cpu"] if argv[0] not in ("methods", "attacks", "presets", "metrics") else []
     code = main([*map(str, argv), "--json", *extra])
     out = capsys.readouterr()
     assert code == 0, out.err

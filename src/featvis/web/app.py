@@ -139,6 +139,16 @@ def presets() -> list[str]:
     return PRESETS.names()
 
 
+@router.get("/api/metrics")
+def metrics() -> list[dict]:
+    """The evaluation metrics as their registrations declare them (name, direction, group, paper, protocol)."""
+    from featvis.attribution.metric import METRICS, default_metrics
+
+    defaults = default_metrics()
+    return [{"name": m.name, "direction": m.direction, "group": m.group, "paper": m.paper, "protocol": m.protocol,
+             "default": m.name in defaults} for m in map(METRICS.get, METRICS.names())]
+
+
 @router.get("/api/health")
 def health(request: Request) -> dict:
     clf = server(request).clf
