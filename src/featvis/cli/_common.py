@@ -220,15 +220,23 @@ def load_classifier(model: str, device: str, weights: Path | None = None, trust:
 
 
 def make_executor(shared: dict[str, Any]):
+    """The executor the shared options name, with the options it takes (its constructor's parameters); an option
+    given for an executor that does not take it is a one-line error."""
+    from featvis.tasks.executors import EXECUTORS, executor_options
     from featvis.tasks.executors import make_executor as make
 
-    if shared["executor"].strip().lower() == "ray":
-        return make("ray", address=shared["address"], workers=shared["workers"],
-                    cpus_per_worker=shared["cpus_per_worker"], gpus_per_worker=shared["gpus_per_worker"])
-    given = [f"--{k.replace('_', '-')}" for k in ("address", "workers") if shared[k] is not None]
-    if given:
-        raise FeatvisError(f"{', '.join(given)} only apply to --executor ray")
-    return make(shared["executor"])
+    name = EXECUTORS.canonical(shared["executor"])
+    takes = set(executor_options(name))
+    given = {k for k, default in EXECUTOR_FLAGS.items() if shared.get(k) != default}
+    refused = [f"--{k.replace('_', '-')}" for k in sorted(given - takes)]
+    if refused:
+        users = [n for n in EXECUTORS.names() if given <= set(executor_options(n))]
+        raise FeatvisError(f"{', '.join(refused)} only apply to --executor {' or '.join(users) or 'ray'}")
+    return make(name, **{k: shared[k] for k in EXECUTOR_FLAGS if k in takes})
+
+
+# The executor options every task command takes, with their defaults (an executor uses those its constructor names)
+EXECUTOR_FLAGS = {"address": None, "workers": None, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0}
 
 
 def run_command(task, inputs: list[str] | None, shared: dict[str, Any], data: dict[str, Any]) -> int:

@@ -158,8 +158,10 @@ def _meta(manifest: dict) -> str:
     timings = manifest.get("timings_s") if isinstance(manifest.get("timings_s"), dict) else {}
     shown = ", ".join(f"{_e(k)} {_seconds(v)} s" for k, v in timings.items())
     seed = manifest.get("seed")
+    executor = manifest.get("executor") if isinstance(manifest.get("executor"), dict) else {}
+    ran = f" · executor {_e(executor['name'])}" if isinstance(executor.get("name"), str) else ""
     return (f'<p class="meta">model <code>{_e(model.get("id", "?"))}</code> · seed '
-            f"{'—' if seed is None else _e(seed)} · {shown}</p>")
+            f"{'—' if seed is None else _e(seed)}{ran} · {shown}</p>")
 
 
 def render_run(run, anchor: str, out_dir: Path, embed: bool) -> tuple[str, str]:

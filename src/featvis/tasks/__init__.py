@@ -10,16 +10,41 @@ Example:
     >>> run.summary["success_rate"]
 """
 
+from featvis.tasks import ray_executor as _ray  # noqa: F401  (registers the "ray" executor; imports no Ray)
 from featvis.tasks.base import TASKS, Batch, Output, Section, Table, Task, register
 from featvis.tasks.classify import ClassifyTask
 from featvis.tasks.evaluate import EvaluateTask
 from featvis.tasks.examples import ExamplesTask
+from featvis.tasks.executors import EXECUTORS, Executor
 from featvis.tasks.fool import FoolTask, RobustnessTask
 from featvis.tasks.optvis import AccentuateTask, ClassvisTask, FeaturesTask
 from featvis.tasks.results import SCHEMA, Run, read_run
 from featvis.tasks.runner import Event, run_task
 from featvis.tasks.saliency import SaliencyTask, SanityTask
 
-__all__ = ["SCHEMA", "TASKS", "AccentuateTask", "Batch", "ClassifyTask", "ClassvisTask", "EvaluateTask", "Event",
-           "ExamplesTask", "FeaturesTask", "FoolTask", "Output", "RobustnessTask", "Run", "SaliencyTask", "SanityTask",
-           "Section", "Table", "Task", "read_run", "register", "run_task"]
+__all__ = [
+           "EXECUTORS",
+           "SCHEMA",
+           "TASKS",
+           "AccentuateTask",
+           "Batch",
+           "ClassifyTask",
+           "ClassvisTask",
+           "EvaluateTask",
+           "Event",
+           "ExamplesTask",
+           "Executor",
+           "FeaturesTask",
+           "FoolTask",
+           "Output",
+           "RobustnessTask",
+           "Run",
+           "SaliencyTask",
+           "SanityTask",
+           "Section",
+           "Table",
+           "Task",
+           "read_run",
+           "register",
+           "run_task",
+]

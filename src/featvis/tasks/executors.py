@@ -2,13 +2,16 @@
 runs the task, writes each item's files atomically into the run folder and returns the records. It never writes
 the records or the manifest: the runner (the driver) does, so a batch counts as done only when all its files are.
 
-`LocalExecutor` (the default) runs in this process and decodes the next batch's images in a thread while the
-current one computes. `featvis.tasks.ray_executor.RayExecutor` runs batches on a Ray cluster.
+Executors are registered by name (`@EXECUTORS.register("local")` on the class; its constructor's keyword
+parameters are its options) and follow the `Executor` protocol. `LocalExecutor` (the default) runs in this process
+and decodes the next batch's images in a thread while the current one computes; `featvis.tasks.ray_executor`
+registers "ray". A new executor is one file: a class with `describe`, `map` and `close`, registered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import socket
 import time
@@ -16,17 +19,46 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from featvis import _progress
 from featvis._io import atomic_write_bytes, clean_temporaries_of
+from featvis._registry import Registry
 from featvis.data import Item, shown
 from featvis.errors import FeatvisError
 from featvis.tasks.base import Batch, Task
 
 StageListener = Callable[[str, float, float, dict], None]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """What the runner needs of an executor.
+
+    `forwards_stages`: whether `on_stage` hears the progress inside a batch (stage events); an executor whose
+    workers run elsewhere says False (Ray), and the runner's progress then moves batch by batch.
+    """
+
+    name: str
+    forwards_stages: bool
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about it (name, threads, workers, nodes...)."""
+        ...
+
+    def map(self, task: Task, clf, out: Path, batches: Iterable[list[Item]],
+            on_stage: StageListener | None = None) -> Iterator[BatchResult]:
+        """Run every batch, yielding each one's result as it finishes (in any order)."""
+        ...
+
+    def close(self) -> None:
+        """Release workers; called once, also after an error."""
+        ...
+
+
+EXECUTORS: Registry[type] = Registry("executor")
 
 
 @dataclass
@@ -107,10 +139,12 @@ def execute(task: Task, clf, items: list[Item], out: Path, loaded=None,
     return result
 
 
+@EXECUTORS.register("local")
 class LocalExecutor:
     """Run batches in this process, one at a time, decoding the next batch's images while the current one runs."""
 
     name = "local"
+    forwards_stages = True
 
     def __init__(self, prefetch: bool = True) -> None:
         self.prefetch = prefetch
@@ -137,17 +171,25 @@ class LocalExecutor:
         pass
 
 
-def make_executor(name: str | Any = "local", **options: Any):
-    """An executor by name ("local" or "ray") or an executor object as is."""
-    if not isinstance(name, str):
-        return name
-    key = name.strip().lower()
-    if key == "local":
-        if options:
-            raise FeatvisError(f"the local executor takes no options (got {', '.join(options)}); they are for ray")
-        return LocalExecutor()
-    if key == "ray":
-        from featvis.tasks.ray_executor import RayExecutor
+def executor_options(name: str) -> list[str]:
+    """The options an executor takes: its constructor's keyword parameters."""
+    cls = EXECUTORS.get(name)
+    return [p.name for p in inspect.signature(cls).parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
 
-        return RayExecutor(**options)
-    raise FeatvisError(f"unknown executor {name!r}; use 'local' (default) or 'ray'")
+
+def make_executor(name: str | Any = "local", **options: Any) -> Executor:
+    """A registered executor by name with its options, or an executor object as is (checked against the
+    protocol)."""
+    if not isinstance(name, str):
+        if not isinstance(name, Executor):
+            raise FeatvisError(f"{type(name).__name__} is not an executor (it needs name, forwards_stages, describe, "
+                               "map and close)")
+        return name
+    key = EXECUTORS.canonical(name)
+    takes = executor_options(key)
+    unknown = [k for k in options if k not in takes]
+    if unknown:
+        raise FeatvisError(f"the {key} executor takes {', '.join(takes) or 'no options'}, not "
+                           f"{', '.join(unknown)}")
+    return EXECUTORS.get(key)(**options)

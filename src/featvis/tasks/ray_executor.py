@@ -23,7 +23,7 @@ from typing import Any
 from featvis.data import Item
 from featvis.errors import FeatvisError
 from featvis.tasks.base import Task
-from featvis.tasks.executors import BatchResult, StageListener, execute
+from featvis.tasks.executors import EXECUTORS, BatchResult, StageListener, execute
 
 IN_FLIGHT_PER_WORKER = 2  # batches queued per actor: one running, one waiting, so no actor idles between batches
 MAX_RESTARTS = 4
@@ -72,8 +72,9 @@ class _Worker:
         return os.getpid()
 
 
+@EXECUTORS.register("ray")
 class RayExecutor:
-    """Batches on Ray actors.
+    """Batches on Ray actors (stage events stay on the workers: the driver's progress moves batch by batch).
 
     Args:
         address: None starts a local Ray instance (with this machine's CPUs); "auto" joins the cluster this machine
@@ -84,6 +85,7 @@ class RayExecutor:
     """
 
     name = "ray"
+    forwards_stages = False
 
     def __init__(self, address: str | None = None, workers: int | None = None, cpus_per_worker: float = 1.0,
                  gpus_per_worker: float = 0.0, max_restarts: int = MAX_RESTARTS) -> None:
