@@ -26,7 +26,7 @@ def events(batches: int = 3, size: int = 4) -> list[Event]:
 def test_the_view_moves_inside_a_batch_once_it_knows_a_batchs_stages(monkeypatch):
     monkeypatch.setenv("FEATVIS_PROGRESS_EVERY", "0")
     lines: list[str] = []
-    monkeypatch.setattr("featvis.cli._common.say", lambda text, **_: lines.append(text))
+    monkeypatch.setattr("featvis.cli._console.say", lambda text, **_: lines.append(text))
     view = ProgressView("saliency", show=False, speak=True)
     where = []
     for e in events():

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import featvis as fv
-from featvis.models.zoo import load_strict
+from featvis.models.weights import load_strict
 
 from _models import PickledNet, TinyConvNet
 

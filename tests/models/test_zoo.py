@@ -9,7 +9,7 @@ from torch import nn
 
 import featvis as fv
 from featvis.images import open_image, prepare
-from featvis.models import ModelSource, rebuild, zoo
+from featvis.models import ModelSource, lite, rebuild, zoo
 from featvis.models.classifier import IMAGENET_MEAN, IMAGENET_STD
 
 EXPECTED = {"chelsea": range(281, 286), "coffee": [967], "grace_hopper": [652]}
@@ -40,9 +40,9 @@ def _mean_log_p(net, mean, std, crop):
 
 
 def test_lite_preprocessing_is_the_best_candidate(clf):
-    chosen = _mean_log_p(clf.net, zoo.LITE_MEAN, zoo.LITE_STD, clf.preprocess.crop_fraction)
+    chosen = _mean_log_p(clf.net, lite.LITE_MEAN, lite.LITE_STD, clf.preprocess.crop_fraction)
     imagenet_stats = _mean_log_p(clf.net, IMAGENET_MEAN, IMAGENET_STD, clf.preprocess.crop_fraction)
-    tf_crop = _mean_log_p(clf.net, zoo.LITE_MEAN, zoo.LITE_STD, 0.875)
+    tf_crop = _mean_log_p(clf.net, lite.LITE_MEAN, lite.LITE_STD, 0.875)
     assert clf.preprocess.crop_fraction == 1.0 and clf.preprocess.interpolation == "bicubic"
     assert chosen > imagenet_stats + 0.05, (chosen, imagenet_stats)
     assert chosen > tf_crop + 0.05, (chosen, tf_crop)

@@ -20,25 +20,41 @@ from typing import Annotated, Any
 
 import typer
 import typer.core
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from featvis.cli._console import err_console, out_console, say
 from featvis.cli._progress_view import ProgressView
 from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
 
 
-def _argument_type(self, ctx) -> str | None:
-    """An argument's help shows its metavar ("INPUTS...") and no Python type ("<list[str]>") beside it."""
-    return None if self.metavar else _typer_argument_type(self, ctx)
+class _Argument(typer.core.TyperArgument):
+    """An argument whose help shows its metavar ("INPUTS...") and no Python type ("<list[str]>") beside it: typer
+    prints the type beside every argument, and ours all have metavars that say more."""
+
+    def display_type_rich(self, ctx) -> str | None:
+        return None if self.metavar else super().display_type_rich(ctx)
 
 
-# typer prints "<list[str]>" beside every argument; ours all have metavars that say more
-_typer_argument_type = typer.core.TyperArgument.display_type_rich
-typer.core.TyperArgument.display_type_rich = _argument_type
+class _Command(typer.core.TyperCommand):
+    """A command whose arguments are `_Argument`s (a subclass, not a patch of typer: importing featvis changes
+    nothing in typer for other programs)."""
 
-app = typer.Typer(
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if type(p) is typer.core.TyperArgument:
+                p.__class__ = _Argument
+
+class _App(typer.Typer):
+    """The featvis app: its commands are `_Command`s."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _App(
     name="featvis",
     help="See what a pretrained image classifier sees, how easily it is fooled, and what it has learned.",
     no_args_is_help=True,
@@ -48,16 +64,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
-if not out_console.is_terminal:  # piped or captured: wide tables, so file names are not cut to fit 80 columns
-    out_console = Console(highlight=False, width=200)
 TABLE_ROWS = 50  # rows a terminal table shows; the rest are in results.json
 
-
-def say(message: str, *, style: str | None = None) -> None:
-    """One line on stderr, never wrapped, never read as markup (file names may hold '[' and ']')."""
-    err_console.print(message, markup=False, highlight=False, soft_wrap=True, style=style)
 
 
 # -- the shared options (written once; `task_command` adds them to every task command) -------------------------
@@ -255,7 +263,7 @@ def run_command(task, inputs: list[str] | None, shared: dict[str, Any], data: di
             dataset = dataset.select(limit=data.get("limit"), shuffle=data.get("shuffle", False),
                                      seed=shared["seed"], shard=parse_shard(data.get("shard")))
     executor = make_executor(shared)
-    show = not quiet and not as_json and err_console.is_terminal
+    show = not quiet and not as_json and err_console().is_terminal
     keep = shared["output"] is not None
     with contextlib.ExitStack() as stack:
         folder = shared["output"] if keep else stack.enter_context(tempfile.TemporaryDirectory(prefix="featvis-"))
@@ -308,9 +316,9 @@ def print_table(table, model_id: str | None = None, limit: int = TABLE_ROWS) -> 
     t = Table(*table.header, title=escape(title), title_justify="left")
     for row in list(table.rows)[:limit]:
         t.add_row(*(escape(cell(v)) for v in row))
-    out_console.print(t)
+    out_console().print(t)
     if len(table.rows) > limit:
-        out_console.print(f"… and {len(table.rows) - limit} more rows in results.json", markup=False,
+        out_console().print(f"… and {len(table.rows) - limit} more rows in results.json", markup=False,
                           highlight=False)
 
 
@@ -322,4 +330,4 @@ def print_rows(header: list[str], rows: list[list[Any]], as_json: bool, records:
     t = Table(*header)
     for r in rows:
         t.add_row(*(escape(cell(v)) for v in r))
-    out_console.print(t)
+    out_console().print(t)

@@ -18,6 +18,8 @@ from typing import Any
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from featvis.cli import _console
+
 LOG_EVERY_S = 30.0  # seconds between progress lines in a log (FEATVIS_PROGRESS_EVERY overrides)
 
 
@@ -86,11 +88,9 @@ class ProgressView:
 
     def __enter__(self) -> ProgressView:
         if self.show:
-            from featvis.cli._common import err_console
-
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                                 TextColumn("{task.fields[items]}"), TimeElapsedColumn(), TextColumn("eta"),
-                                TimeRemainingColumn(), console=err_console, transient=False)
+                                TimeRemainingColumn(), console=_console.err_console(), transient=False)
             self.bar.__enter__()
         return self
 
@@ -100,23 +100,21 @@ class ProgressView:
             self.bar = None
 
     def __call__(self, event) -> None:
-        from featvis.cli._common import say
-
         if event.kind == "start":
             self.t0 = self.last_line = time.perf_counter()
             self.done, self.total, self.where = event.done, event.total, float(event.done)
             self.first = event.done  # done before this run: the ETA is from this run's own pace
             if event.skipped and self.speak:
-                say(f"{self.prefix}resuming: {event.skipped} of {event.total} items already done")
+                _console.say(f"{self.prefix}resuming: {event.skipped} of {event.total} items already done")
             if self.bar is not None:
                 self.task_id = self.bar.add_task(escape(self.label), total=max(event.total, 1),
                                                  completed=event.done, items=self._items())
             elif self.speak:
-                say(f"{self.prefix}{self.label}: {event.total - event.done} item(s) to do")
+                _console.say(f"{self.prefix}{self.label}: {event.total - event.done} item(s) to do")
             return
         if event.kind == "error":
             if self.speak:
-                say(f"{self.prefix}skipped {event.message}", style="yellow")
+                _console.say(f"{self.prefix}skipped {event.message}", style="yellow")
             return
         if event.kind == "stage":
             frac = self.shape.fraction(event.stage, event.stage_done, event.stage_total)
@@ -137,7 +135,7 @@ class ProgressView:
             now = time.perf_counter()
             if event.kind == "done" or now - self.last_line >= self.every:
                 self.last_line = now
-                say(self._line(now, final=event.kind == "done"))
+                _console.say(self._line(now, final=event.kind == "done"))
 
     def _items(self) -> str:
         return f"{self.done}/{self.total} items"

@@ -45,7 +45,7 @@ def demo(
     from featvis.tasks.demo import describe, run_demo
 
     clf = load_classifier(model, device)
-    show = not quiet and not json and err_console.is_terminal
+    show = not quiet and not json and err_console().is_terminal
     views: dict[str, ProgressView] = {}
     t0 = time.perf_counter()
 

@@ -165,7 +165,7 @@ def atlas(
     clf = load_classifier(model, device, weights, trust_checkpoint)
     shared = {"executor": executor, "address": address, "workers": workers, "cpus_per_worker": cpus_per_worker,
               "gpus_per_worker": gpus_per_worker}
-    show = not quiet and err_console.is_terminal
+    show = not quiet and err_console().is_terminal
     views: dict[str, ProgressView] = {}
 
     def progress(stage: str, event) -> None:

@@ -16,9 +16,13 @@ import sys
 from featvis.errors import FeatvisError, did_you_mean
 from featvis.models.classifier import Classifier, Preprocess
 from featvis.models.labels import Labels
-from featvis.models.zoo import Request, StateDict, imagenet_or, load_strict
+from featvis.models.source import Request, model_source
+from featvis.models.weights import StateDict, imagenet_or, load_strict
 
 
+@model_source("timm", "timm:NAME", "timm", "timm",
+              "any timm model: its pretrained weights (downloaded once) or --weights FILE; preprocessing from its "
+              "pretrained_cfg", kind="prefix")
 def build(req: Request) -> Classifier:
     import timm
     from timm.models import get_pretrained_cfg

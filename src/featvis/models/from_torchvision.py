@@ -12,11 +12,15 @@ import torch
 
 from featvis.errors import FeatvisError, did_you_mean
 from featvis.models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, Preprocess
-from featvis.models.zoo import Request, StateDict, head_classes, imagenet_or, load_strict
+from featvis.models.source import Request, model_source
+from featvis.models.weights import StateDict, head_classes, imagenet_or, load_strict
 
 DEFAULT_CLASSES = 1000  # torchvision's classification builders default to ImageNet-1k
 
 
+@model_source("torchvision", "torchvision:NAME", "torchvision", "torchvision",
+              "any torchvision classification model: its default weights (downloaded once) or --weights FILE; "
+              "preprocessing and class names from its weights' metadata", kind="prefix")
 def build(req: Request) -> Classifier:
     from torchvision import models
 

