@@ -24,9 +24,8 @@ from featvis.optvis import (
     objectives,
     render,
 )
+from featvis.recipes import EvaluationResult, dataset_examples, evaluate
 from featvis.tasks import read_run, run_task
-from featvis.tasks.evaluate import EvaluationResult, evaluate
-from featvis.tasks.examples import dataset_examples
 
 __version__ = "0.1.0"
 

@@ -78,6 +78,7 @@ class Item:
     label_name: str | None = None  # the name as written in the dataset (folder / CSV), for messages
     seed: int = 0
     rel: str | None = None  # the path as the user knows it: relative to the one input folder, else as given
+    image: Any = field(default=None, repr=False, compare=False)  # an in-memory image [1, 3, H, W] (no file)
 
     @property
     def name(self) -> str:
@@ -159,6 +160,19 @@ class Dataset:
             items.append(Item(key, _real(path), label=label, label_name=name, rel=rel))
         spec = {"inputs": [shown(i) for i in inputs], "imagefolder": imagefolder, "count": len(items)}
         return cls(tuple(items), spec)
+
+    @classmethod
+    def from_tensors(cls, images: Any, names: Sequence[str] | None = None) -> Dataset:
+        """Images already in memory ([B, 3, H, W] in [0, 1]) as items keyed "0", "1", ... (or by `names`): the
+        runner treats them as it treats files (seeds from the keys, batches, records), without reading a file."""
+        from featvis.images import check_images
+
+        batch = check_images(images)
+        keys = [str(i) for i in range(batch.shape[0])] if names is None else [str(n) for n in names]
+        if len(set(keys)) != len(keys) or len(keys) != batch.shape[0]:
+            raise FeatvisError(f"give one distinct name per image ({batch.shape[0]} images, {len(set(keys))} names)")
+        items = tuple(Item(k, value=f"<image {k}>", image=batch[i:i + 1]) for i, k in enumerate(keys))
+        return cls(items, {"inputs": "in memory", "count": len(items)})
 
     @classmethod
     def of_units(cls, units: Iterable[tuple[str, Any]], what: str) -> Dataset:

@@ -192,7 +192,9 @@ def draw(result, **options) -> Figure:
     """The one door from a result to its figure (Jupyter's `_repr_png_`, `Result.figure()`, the web API).
 
     SaliencyResult: image | maps | overlays; FoolingResult: the lab's four panels; RobustnessResult: the curve;
-    RenderResult: the image grid; SanityResult: the randomization curves; others: their own `draw_figure()`.
+    RenderResult: the image grid; SanityResult: the randomization curves; AccentuationResult: original |
+    accentuated | difference; EvaluationResult: the deletion/insertion curves. Result classes import no figure
+    function: this is the only way from a result to a picture.
     """
     kind = type(result).__name__
     if kind == "SaliencyResult":
@@ -210,10 +212,11 @@ def draw(result, **options) -> Figure:
         return sanity_curves(result.units, {result.method: {"spearman_abs": result.spearman_abs.mean(1).tolist(),
                                                             "ssim": result.ssim.mean(1).tolist(),
                                                             "flagged": result.flagged}})
-    custom = getattr(result, "draw_figure", None)
-    if custom is None:
-        raise TypeError(f"featvis has no figure for {kind}")
-    return custom(**options)
+    if kind == "AccentuationResult":
+        return accentuation_panels(result, **options)
+    if kind == "EvaluationResult":
+        return evaluation_curves(result.records)
+    raise TypeError(f"featvis has no figure for {kind}")
 
 
 def figure_png(fig: matplotlib.figure.Figure, dpi: int = 80, close: bool = True) -> bytes:

@@ -270,3 +270,23 @@ def test_emprt_is_undefined_for_a_constant_map(tiny):
     assert torch.isnan(efficient_mprt(tiny, x, zero(tiny, x), torch.tensor([0, 1]), zero)).all()
     recs = _records({RANDOM: [0.1, 0.2, 0.3], "m": [0.5, None, 0.6]})
     assert summarize(recs, resamples=100).get("m", "insertion").n == 2
+
+
+def test_evaluate_on_a_tensor_batch_runs_through_the_runner_and_equals_the_batch_computation(tmp_path):
+    """Issue 23: `evaluate()` ran in memory for tensors but through the runner for files; now one path (the task
+    through the runner, the batch from memory), with the same numbers as the batch computation it replaced."""
+    from featvis.data import item_seed
+
+    from _models import TinyConvNet
+
+    tiny = fv.Classifier.wrap(TinyConvNet(), labels=list("abcd"), input_size=32)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    res = fv.evaluate(tiny, x, methods=("gradient", "smoothgrad"), metrics=("deletion", "sparseness"), seed=5,
+                      out=tmp_path / "run", options={"samples": 3})
+    want = evaluate_batch(tiny, x, None, ("gradient", "smoothgrad"), ("deletion", "sparseness"),
+                          seed=[item_seed(5, str(i)) for i in range(3)], method_options={"smoothgrad": {"samples": 3}})
+    got = {r["key"]: r["scores"] for r in res.records}
+    assert [got[str(i)] for i in range(3)] == [w["scores"] for w in want]
+    assert fv.read_run(tmp_path / "run").manifest["inputs"]["inputs"] == "in memory"
+    assert res.mean("gradient", "sparseness") == pytest.approx(sum(w["scores"]["gradient"]["sparseness"]
+                                                                    for w in want) / 3)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 import featvis as fv
-from featvis.tasks.atlas import classes_by_weights, run_atlas
+from featvis.recipes.atlas import classes_by_weights, run_atlas
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -42,7 +42,7 @@ def demo(
     import time
 
     from featvis.cli._progress_view import duration
-    from featvis.tasks.demo import describe, run_demo
+    from featvis.recipes.demo import describe, run_demo
 
     clf = load_classifier(model, device)
     show = not quiet and not json and err_console().is_terminal

@@ -160,7 +160,7 @@ def atlas(
     """Every channel of a layer (or every class) on one browsable page: the visualizations, and with --dataset each
     channel's top and bottom dataset examples, strongest classes and activation statistics."""
     from featvis._registry import parse_assignments
-    from featvis.tasks.atlas import run_atlas
+    from featvis.recipes.atlas import run_atlas
 
     clf = load_classifier(model, device, weights, trust_checkpoint)
     shared = {"executor": executor, "address": address, "workers": workers, "cpus_per_worker": cpus_per_worker,

@@ -66,12 +66,6 @@ class AccentuationResult(Result):
         mse = self.difference.pow(2).flatten(1).mean(1).clamp_min(1e-12)
         return 10 * torch.log10(1 / mse)
 
-    def draw_figure(self, **options):
-        """Original | accentuated | difference per image (through `featvis.figures.draw`)."""
-        from featvis.figures import accentuation_panels
-
-        return accentuation_panels(self, **options)
-
 
 def _target(clf, layer: str | None, channel, batch: int) -> tuple[str | None, list[int]]:
     values = [channel] * batch if isinstance(channel, (int, str)) else list(channel)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from featvis._types import Result as _Result
 from featvis.attribution.evaluation import applicable_methods, split_options
 from featvis.errors import FeatvisError
 from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
@@ -194,67 +193,3 @@ def _resample(values: list[float], n: int = CURVE_POINTS) -> list[float]:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-@dataclass(frozen=True, repr=False)
-class EvaluationResult(_Result):
-    """What `evaluate` measured: the leaderboard (`summary["leaderboard"]`), one record per image, and the run folder
-    when the inputs were files. Shows its deletion/insertion curves in Jupyter."""
-
-    summary: dict[str, Any]
-    records: list[dict[str, Any]]
-    folder: Any = None
-
-    def mean(self, method: str, metric: str) -> float:
-        return float(self.summary["table"][method][metric]["mean"])
-
-    def beats_random(self, method: str, metric: str) -> bool | None:
-        return self.summary["table"][method][metric]["beats_random"]
-
-    def draw_figure(self, **_options):
-        from featvis.figures import evaluation_curves
-
-        return evaluation_curves(self.records)
-
-
-def evaluate(clf, inputs, *, methods: tuple[str, ...] | str = "all", metrics: tuple[str, ...] | str = "default",
-             target=None, out=None, executor: Any = "local", batch_size: int | None = None, seed: int = 0,
-             options: Mapping[str, Any] | None = None) -> EvaluationResult:
-    """Score attribution methods by faithfulness metrics over images, against a random map (see `featvis evaluate`).
-
-    Args:
-        inputs: a batch [B, 3, H, W] (scored in memory), or files/folders/globs/lists/a Dataset (a run: resumable, in
-            `out`, on any executor).
-        methods: method names or "all" (every method that applies to the model).
-        metrics: metric names, "default" or "all" (adds the expensive randomization check).
-        target: None (the predicted classes), "true" (dataset labels), or a class.
-        out: the run folder for file inputs (default: a temporary folder, removed after).
-        options: `option`, `method.option` or `group.option` values (see `featvis evaluate --help`).
-
-    Example:
-        >>> res = fv.evaluate(clf, x, methods=("gradient", "gradcam", "rise"), metrics=("deletion", "insertion"))
-        >>> res.mean("gradcam", "insertion"), res.beats_random("gradcam", "insertion")
-    """
-    import tempfile
-
-    import torch
-
-    from featvis.data import item_seed
-    from featvis.tasks.runner import run_task
-
-    task = EvaluateTask(methods=methods, metrics=metrics, target=target, options=dict(options or {}), examples=0)
-    if isinstance(inputs, torch.Tensor):
-        from featvis.attribution.evaluation import evaluate_batch
-        from featvis.images import check_images
-
-        task.prepare(clf)
-        x = check_images(inputs).to(clf.device)
-        names = task.methods(clf)
-        per_method, per_group = split_options(names, task.params.options)
-        seeds = [item_seed(seed, str(i)) for i in range(x.shape[0])]
-        records = evaluate_batch(clf, x, target, names, task.params.metrics, seed=seeds, method_options=per_method,
-                                 metric_options=per_group)
-        return EvaluationResult(task.summarize(records, {}), records, None)
-    with tempfile.TemporaryDirectory(prefix="featvis-evaluate-") as tmp:
-        run = run_task(task, inputs, out or tmp, clf=clf, executor=executor, batch_size=batch_size, seed=seed)
-        return EvaluationResult(run.summary, run.items, run.folder if out else None)

@@ -22,13 +22,13 @@ import torch
 
 from featvis.errors import FeatvisError
 from featvis.layers import layer_label
+from featvis.optvis.examples import patch_around, receptive_field, unit_responses
 from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
 from featvis.tasks.results import Damaged
 
 PARTIALS = "partials"
 PATCH_PX = 96  # side of a saved patch (patches are resized to this)
 TOP_CLASSES = 5
-RF_MASS = 0.9  # share of the centre unit's input-gradient mass that a patch holds
 
 
 @dataclass(frozen=True)
@@ -104,20 +104,8 @@ class ExamplesTask(Task):
         if not seen:
             raise FeatvisError(f"layer {name} did not run in the forward pass; pick a layer the model uses")
         acts = to_spatial(seen[0], clf)  # [B, C, H, W] or [B, C]
-        acts = acts[:, chans].float()
-        b = acts.shape[0]
-        if acts.ndim == 4:
-            h, w = acts.shape[-2:]
-            if self.params.neuron:
-                flat = acts[:, :, h // 2, w // 2]
-                pos = torch.full((b, len(chans)), (h // 2) * w + w // 2, dtype=torch.long)
-            else:
-                flat, pos = acts.flatten(2).max(-1)  # [B, C] spatial max and where
-            mean = acts.mean((2, 3))
-        else:
-            h = w = 1
-            flat, mean = acts, acts
-            pos = torch.zeros_like(acts, dtype=torch.long)
+        flat, pos, mean, (h, w) = unit_responses(acts[:, chans].float(), neuron=self.params.neuron)
+        b = flat.shape[0]
         k = min(self.params.k, b)
         top_v, top_i = flat.topk(k, dim=0)  # [k, C]
         bot_v, bot_i = flat.topk(k, dim=0, largest=False)
@@ -204,7 +192,7 @@ class ExamplesTask(Task):
                             cache.clear()
                         cache[ex["input"]] = load_image(ex["input"], clf)[0].cpu()
                     img = cache[ex["input"]]
-                    patch = _patch(img, ex["pos"], (h, w), rf)
+                    patch = patch_around(img, ex["pos"], (h, w), rf, PATCH_PX)
                     rel = f"patches/{ch['channel']:04d}/{kind}-{i:02d}.png"
                     files[rel] = encode_png(patch)
                     ex["patch"] = rel
@@ -276,45 +264,6 @@ def _merge(acc: dict[str, Any], p, k: int) -> dict[str, Any]:
     return out
 
 
-def receptive_field(clf, layer: str, size: int, mass: float = RF_MASS) -> int:
-    """The side of the *effective* receptive field of `layer`'s centre unit: the smallest centred square that holds
-    `mass` of the |input gradient| of the unit (Luo et al. 2016: the effective field is far smaller than the
-    theoretical one, which on deep layers covers most of the image)."""
-    from featvis.layers import forward_until
-    from featvis.models.classifier import frozen
-
-    x = torch.full((1, 3, size, size), 0.5, device=clf.device, requires_grad=True)
-    with frozen(clf):
-        acts = forward_until(clf, x, layer)
-        h, w = acts.shape[-2:]
-        grad = torch.autograd.grad(acts[0, :, h // 2, w // 2].sum(), x)[0].abs().sum((0, 1))
-    total = float(grad.sum())
-    if total == 0:
-        return size
-    cy, cx = (size * (h // 2 + 0.5) / h), (size * (w // 2 + 0.5) / w)
-    for half in range(2, size // 2 + 1):
-        y0, y1 = max(0, int(cy - half)), min(size, int(cy + half))
-        x0, x1 = max(0, int(cx - half)), min(size, int(cx + half))
-        if float(grad[y0:y1, x0:x1].sum()) >= mass * total:
-            return 2 * half
-    return size
-
-
-def _patch(img: torch.Tensor, pos: int, grid: tuple[int, int], rf: int) -> torch.Tensor:
-    """The receptive-field crop of `img` [3, S, S] around grid position `pos`, resized to PATCH_PX."""
-    import torch.nn.functional as F
-
-    s = img.shape[-1]
-    h, w = grid
-    y, x = divmod(int(pos), w)
-    cy, cx = (y + 0.5) * s / h, (x + 0.5) * s / w
-    half = max(4, min(rf, s) // 2)
-    top = int(min(max(cy - half, 0), s - 2 * half))
-    left = int(min(max(cx - half, 0), s - 2 * half))
-    crop = img[:, top:top + 2 * half, left:left + 2 * half]
-    return F.interpolate(crop[None], size=(PATCH_PX, PATCH_PX), mode="bilinear", align_corners=False)[0].clamp(0, 1)
-
-
 def _sheet(summary: dict, files: dict[str, bytes]) -> bytes:
     from PIL import Image
 
@@ -334,27 +283,3 @@ def _sheet(summary: dict, files: dict[str, bytes]) -> bytes:
             tiles.append(load_image(Image.open(io.BytesIO(files[ex["patch"]])))[0])
             titles.append(f"ch {c['channel']}: {ex['value']:.2f}")
     return figure_png(render_grid(torch.stack(tiles), titles, cols=k), dpi=80)
-
-
-def dataset_examples(clf, inputs, layer: str, channels: tuple[int, ...] | str = "all", *, k: int = 9,
-                     neuron: bool = False, out=None, executor: Any = "local", batch_size: int | None = None,
-                     seed: int = 0) -> dict[str, Any]:
-    """Top-k and bottom-k dataset examples per channel of `layer` (see `featvis examples`).
-
-    Returns:
-        The run's summary: {"layer", "images", "channels": [{"channel", "mean", "std", "max", "active", "top":
-        [{"input", "value", "pos", "patch"}], "bottom": [...], "classes_of_top": [...]}]}; with `out`, the patches
-        are kept there.
-
-    Example:
-        >>> ex = fv.dataset_examples(clf, ["photos/"], "blocks.8", channels=(0, 1, 2), k=5, out="ex/")
-        >>> ex["channels"][0]["top"][0]["input"]
-    """
-    import tempfile
-
-    from featvis.tasks.runner import run_task
-
-    task = ExamplesTask(layer=layer, channels=channels, k=k, neuron=neuron)
-    with tempfile.TemporaryDirectory(prefix="featvis-examples-") as tmp:
-        run = run_task(task, inputs, out or tmp, clf=clf, executor=executor, batch_size=batch_size, seed=seed)
-        return run.summary

@@ -87,6 +87,10 @@ def load_items(items: list[Item], clf) -> tuple[list[Item], torch.Tensor | None,
 
     good, tensors, errors = [], [], []
     for it in items:
+        if it.image is not None:  # in memory (Dataset.from_tensors): moved to the model's device, not re-read
+            tensors.append(it.image.to(clf.device))
+            good.append(it)
+            continue
         try:
             tensors.append(load_image(it.path, clf))
             good.append(it)

@@ -204,15 +204,14 @@ class FoolTask(ClassTarget, Task):
 
 
 def _attack_intro(method: str, opts: Mapping[str, Any]) -> str:
-    """What the attack does, from its own docstring (written once, in its file), and its budget."""
-    from html import escape
-
+    """What the attack does, from its own docstring (written once, in its file), and its budget (plain text: the
+    report escapes it)."""
     from featvis.adversarial import ATTACKS
     from featvis.adversarial._base import budget_norms
 
     if method not in ATTACKS:
-        return f"The {escape(method)} attack."
-    text = escape(ATTACKS.get(method).summary)
+        return f"The {method} attack."
+    text = ATTACKS.get(method).summary
     if budget_norms(method):
         default = ATTACKS.get(method).options["eps"].default  # the attack's own default budget
         text += f" Budget: {_norm_budget({'eps': default, **opts})}."

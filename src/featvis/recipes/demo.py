@@ -12,12 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featvis.tasks.base import Task
-from featvis.tasks.classify import ClassifyTask
-from featvis.tasks.fool import FoolTask, RobustnessTask
-from featvis.tasks.optvis import ClassvisTask, FeaturesTask
+from featvis.tasks import ClassifyTask, ClassvisTask, FeaturesTask, FoolTask, RobustnessTask, SaliencyTask, Task
 from featvis.tasks.runner import Event, run_task
-from featvis.tasks.saliency import SaliencyTask
 
 DEMO_CLASSES = ("tarantula", "snail", "pizza", "gorilla", "tick")
 DEMO_LAYERS = ("blocks.2", "blocks.8", "blocks.15")  # early, middle, late

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from featvis.errors import FeatvisError
-from featvis.tasks.examples import ExamplesTask
-from featvis.tasks.optvis import ClassvisTask, FeaturesTask
+from featvis.tasks import ClassvisTask, ExamplesTask, FeaturesTask
 from featvis.tasks.runner import Event, run_task
 
 TOP_CLASSES = 5
