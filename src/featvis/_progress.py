@@ -3,7 +3,9 @@
 A front end (the task runner, the web API, a notebook) opens `listening(callback)`; algorithms call
 `report(stage, done, total)` at their natural checkpoints (a chunk of samples, an attack step, a render step).
 With no listener `report` costs one context-variable lookup. The callback may raise to stop the work (the web
-API cancels jobs this way). Context variables are per thread, so concurrent jobs never see each other's listener.
+API cancels jobs this way). Listeners nest: one opened inside another's block (the runner's, inside a web job's)
+hears first, then the outer one hears too. Context variables are per thread, so concurrent jobs never see each
+other's listener.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ def report(stage: str, done: float, total: float, **extra: Any) -> None:
 @contextlib.contextmanager
 def listening(listener: Listener | None) -> Iterator[None]:
     """Route `report` calls made in this thread (and the contexts it starts) to `listener` while the block runs."""
-    token = _listener.set(listener)
+    outer = _listener.get()
+    if listener is not None and outer is not None:
+        inner = listener
+
+        def listener(stage: str, done: float, total: float, extra: dict) -> None:
+            inner(stage, done, total, extra)
+            outer(stage, done, total, extra)
+
+    token = _listener.set(listener if listener is not None else outer)
     try:
         yield
     finally:

@@ -66,3 +66,17 @@ def test_the_printed_server_url_can_be_opened():
     assert server_url("127.0.0.1", 8000, None) == "http://127.0.0.1:8000/"
     assert server_url("::1", 8000, "t") == "http://[::1]:8000/?token=t"
     assert server_url("0.0.0.0", 9000, "t").startswith("http://127.0.0.1:9000/?token=t (bound to every interface")
+
+
+def test_progress_listeners_nest():
+    """A listener opened inside another's block (the runner's inside a web job's) hears first; the outer one still
+    hears (issue 23: the web page's live previews come through the runner)."""
+    from featvis import _progress
+
+    heard = []
+    with _progress.listening(lambda s, d, t, e: heard.append(("outer", s, d))):
+        with _progress.listening(lambda s, d, t, e: heard.append(("inner", s, d))):
+            _progress.report("render step", 3, 10)
+        _progress.report("after", 1, 1)
+    _progress.report("nobody", 0, 1)
+    assert heard == [("inner", "render step", 3), ("outer", "render step", 3), ("outer", "after", 1)]

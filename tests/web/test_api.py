@@ -123,3 +123,28 @@ def test_finished_jobs_expire(clf):
         assert wait(c, job_id)["status"] == "done"
         time.sleep(0.3)
         assert c.get(f"/api/jobs/{job_id}").status_code == 404
+
+
+def test_jobs_run_through_the_runner_and_show_what_tasks_declare(client, monkeypatch):
+    """Issue 23: the web app called task.run directly and knew each task's record keys; now every job is a run of
+    its task through the runner, and its images are the task's declared previews."""
+    from featvis.tasks import runner
+    from featvis.tasks.fool import FoolTask
+    from featvis.tasks.saliency import SaliencyTask
+
+    runs = []
+    real = runner.run_task
+
+    def counting(task, *args, **kwargs):
+        runs.append(task.name)
+        return real(task, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_task", counting)
+    monkeypatch.setattr("featvis.tasks.run_task", counting)
+    for path, data, task in (("/api/saliency", {"sample": "coffee", "method": "gradcam"}, SaliencyTask),
+                             ("/api/fool", {"sample": "chelsea", "target": "stingray"}, FoolTask)):
+        job = wait(client, client.post(path, data=data).json()["id"])
+        assert job["status"] == "done", job
+        declared = task.previews({"figure": "f", "overlays": {"m": "o"}, "heatmaps": {"m": "h"}, "fooled_png": "p"})
+        assert set(job["images"]) == set(declared)
+    assert runs == ["saliency", "fool"]

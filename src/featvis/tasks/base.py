@@ -142,6 +142,12 @@ class Task:
         return Section(cls.title or cls.name, "")
 
     @classmethod
+    def previews(cls, record: Mapping[str, Any]) -> dict[str, str]:
+        """The files of one item a live front end shows as it finishes (name → run-relative path, from the
+        record): the web page's images. Front ends read this, never a task's record keys."""
+        return {}
+
+    @classmethod
     def overview(cls, run) -> Table | list[Table] | None:
         """The table(s) a terminal shows when the run ends (default: the section's first table)."""
         tables = cls.section(run).tables

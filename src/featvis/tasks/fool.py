@@ -167,6 +167,10 @@ class FoolTask(ClassTarget, Task):
         return {"results.csv": _csv(records, FOOL_FIELDS)}
 
     @classmethod
+    def previews(cls, record: Mapping[str, Any]) -> dict[str, str]:
+        return {"fooled.png": record["fooled_png"], "panels.png": record["figure"]}
+
+    @classmethod
     def section(cls, run) -> Section:
         p, summ = run.params, run.summary
         method = p.get("method", "?")

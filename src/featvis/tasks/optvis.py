@@ -167,6 +167,10 @@ class ClassvisTask(Task):
         return _grid(records, info)
 
     @classmethod
+    def previews(cls, record: Mapping[str, Any]) -> dict[str, str]:
+        return {"image.png": record["image"]}
+
+    @classmethod
     def section(cls, run) -> Section:
         return _gallery(run, f"Class visualization ({run.params.get('preset')})",
                         "Images synthesized from noise to maximize one class score. The <b>lab</b> preset is CS231n's "
@@ -257,6 +261,10 @@ class FeaturesTask(Task):
         return _grid(records, info)
 
     @classmethod
+    def previews(cls, record: Mapping[str, Any]) -> dict[str, str]:
+        return {"image.png": record["image"]}
+
+    @classmethod
     def section(cls, run) -> Section:
         return _gallery(run, f"Feature visualization: {run.params.get('layer')}",
                         "What single channels of a layer respond to: each image maximizes one channel's mean "
@@ -335,6 +343,10 @@ class AccentuateTask(Task):
         return {"images": len(records), "mean_gain": sum(gains) / len(gains) if gains else None,
                 "raised": sum(g > 0 for g in gains) / max(len(gains), 1),
                 "median_psnr_db": sorted(r["psnr_db"] for r in records)[len(records) // 2] if records else None}
+
+    @classmethod
+    def previews(cls, record: Mapping[str, Any]) -> dict[str, str]:
+        return {"accentuated.png": record["accentuated"], "panels.png": record["figure"]}
 
     @classmethod
     def section(cls, run) -> Section:

@@ -183,6 +183,15 @@ class SaliencyTask(ClassTarget, Task):
         return out | accuracy_summary(records, labels)
 
     @classmethod
+    def previews(cls, record: Mapping[str, Any]) -> dict[str, str]:
+        """The figure, and the first method's overlay and heat map (when drawn)."""
+        out = {"panels.png": record["figure"]} if record.get("figure") else {}
+        for name, key in (("overlay.png", "overlays"), ("heatmap.png", "heatmaps")):
+            if record.get(key):
+                out[name] = next(iter(record[key].values()))
+        return out
+
+    @classmethod
     def section(cls, run) -> Section:
         res, p = run.summary, run.params
         methods = res.get("methods", p.get("methods", []))

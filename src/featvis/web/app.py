@@ -27,10 +27,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featvis import samples
-from featvis.data import Item, item_seed
 from featvis.errors import FeatvisError
 from featvis.images import load_image
-from featvis.tasks.base import Batch
 from featvis.web.guard import DRAIN_BYTES, Guard, size_text, too_large
 from featvis.web.jobs import JobQueue, QueueFull, WebJob
 
@@ -81,14 +79,16 @@ class Server:
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
 
-    def submit_task(self, kind: str, task, x: torch.Tensor | None, present) -> JSONResponse:
-        """A job that runs `task` on one item on the model's thread; `present` turns its files into job images."""
-        item = Item("web", seed=item_seed(0, "web"))
+    def submit_task(self, kind: str, task, x: torch.Tensor | None, extra: dict | None = None) -> JSONResponse:
+        """A job that runs `task` through the runner, as every front end does (on the model's thread, into a
+        temporary run folder): on the uploaded image `x`, or on the task's own single unit when `x` is None. The
+        job's images are what the task declares as its previews; its result, the record's plain fields."""
 
         def work(job: WebJob) -> None:
-            out = task.run(self.clf, Batch([item], x))[0]
-            present(job, out.record, out.artifacts)
-            job.result = {k: v for k, v in out.record.items() if not isinstance(v, dict) or k == "predictions"}
+            record, files = run_one(self.clf, task, x)
+            job.images.update(files)
+            job.result = {k: v for k, v in record.items() if not isinstance(v, dict) or k == "predictions"} | \
+                (extra or {})
 
         return self.submit(kind, work)
 
@@ -100,6 +100,26 @@ class Server:
         if job is None:
             raise HTTPException(404, "no such job (finished jobs expire)")
         return job
+
+
+def run_one(clf, task, x: torch.Tensor | None) -> tuple[dict, dict[str, bytes]]:
+    """Run `task` through the runner on one image in memory (or, for x=None, on its own units) in a temporary run
+    folder; (the item's record, its declared previews as bytes). A failed item is its one-line error."""
+    import tempfile
+
+    from featvis.data import Dataset
+    from featvis.tasks import run_task
+
+    with tempfile.TemporaryDirectory(prefix="featvis-web-") as tmp:
+        run = run_task(task, None if x is None else Dataset.from_tensors(x, names=["web"]), tmp, clf=clf,
+                       batch_size=1 if x is None else None, argv=["featvis serve"])
+        if not run.items:
+            raise FeatvisError(run.failed[0]["error"] if run.failed else f"{task.name} produced nothing")
+        record = run.items[0]
+        files = {name: run.file(rel).read_bytes() for name, rel in type(task).previews(record).items()}
+    if "title" in record:  # a visualization says what it rendered
+        record = {"objective": record["title"], **record}
+    return record, files
 
 
 def server(request: Request) -> Server:
@@ -198,13 +218,7 @@ async def saliency(request: Request, file: UploadFile | None = None, sample: For
     x = await srv.read_image(file, sample)
     name = task.params.methods[0]
 
-    def present(job: WebJob, record: dict, files: dict[str, bytes]) -> None:
-        job.images["panels.png"] = files[record["figure"]]
-        job.images["overlay.png"] = files[record["overlays"][name]]
-        job.images["heatmap.png"] = files[record["heatmaps"][name]]
-        record["method"] = name
-
-    return srv.submit_task("saliency", task, x, present)
+    return srv.submit_task("saliency", task, x, {"method": name})
 
 
 @router.post("/api/fool", status_code=202)
@@ -220,11 +234,7 @@ async def fool(request: Request, file: UploadFile | None = None, sample: Form_ =
     srv.room()
     x = await srv.read_image(file, sample)
 
-    def present(job: WebJob, record: dict, files: dict[str, bytes]) -> None:
-        job.images["fooled.png"] = files[record["fooled_png"]]
-        job.images["panels.png"] = files[record["figure"]]
-
-    return srv.submit_task("fool", task, x, present)
+    return srv.submit_task("fool", task, x)
 
 
 @router.post("/api/visualize", status_code=202)
@@ -244,14 +254,7 @@ async def visualize(request: Request, kind: Annotated[str, Form()] = "class", ta
         raise HTTPException(422, f"kind must be 'class' or 'channel', got {kind!r}")
     await srv.on_model(lambda: task.prepare(srv.clf))  # a layer's channel count needs a probe pass
     srv.room()
-    unit = (await srv.on_model(lambda: task.units(srv.clf))).seeded(0).items[0]
-
-    def work(job: WebJob) -> None:
-        out = task.run(srv.clf, Batch([unit]))[0]
-        job.images["image.png"] = out.artifacts[out.record["image"]]
-        job.result = {"objective": out.record["title"], **{k: v for k, v in out.record.items() if k != "image"}}
-
-    return srv.submit("visualize", work)
+    return srv.submit_task("visualize", task, None)
 
 
 @router.get("/api/jobs/{job_id}")
