@@ -5,7 +5,7 @@ import torch
 
 from featvis.optvis import PRESETS
 from featvis.optvis.param import PixelImage
-from featvis.optvis.presets import Preset, RenderSpec
+from featvis.optvis.presets import RenderSpec, preset
 
 from _drive import cli_json, report_html, web_job
 
@@ -25,7 +25,7 @@ def grey_start(clf, size: int, batch: int, seeds, *, grey: float = 0.5, lr: floa
 
 @pytest.fixture
 def toy():
-    PRESETS.add("toy-grey", Preset(grey_start, 8, "pixels from one grey level (a test plugin)"))
+    preset("toy-grey", 8, "pixels from one grey level (a test plugin)")(grey_start)
     yield "toy-grey"
     PRESETS.remove("toy-grey")
 

@@ -79,10 +79,22 @@ class Preset:
 PRESETS: Registry[Preset] = Registry("preset")
 
 
+def preset(name: str, steps: int, description: str) -> Callable[[Callable[..., RenderSpec]], Callable[..., RenderSpec]]:
+    """Register `build(clf, size, batch, seeds, **options) -> RenderSpec` as the preset `name` (its default steps,
+    a one-line description); its options are its keyword-only parameters."""
+
+    def deco(build: Callable[..., RenderSpec]) -> Callable[..., RenderSpec]:
+        PRESETS.add(name, Preset(build, steps, description))
+        return build
+
+    return deco
+
+
 def _std(clf) -> float:
     return float(clf.std.mean())
 
 
+@preset("lab", 100, "the lab's: pixels, normalized ascent, L2, jitter 16, blur every 10, clamp")
 def _lab(clf, size: int, batch: int, seeds: list[int], *, lr: float = 25.0, l2_reg: float = 1e-3,
          blur_every: int = 10, max_jitter: int = 16) -> RenderSpec:
     """CS231n `create_class_visualization`, converted from normalized units to [0, 1] pixels: the step
@@ -116,7 +128,6 @@ def _lab(clf, size: int, batch: int, seeds: list[int], *, lr: float = 25.0, l2_r
                       penalty=obj.Objective(penalty, (), f"lab-l2({l2_reg:g})"))
 
 
-PRESETS.add("lab", Preset(_lab, 100, "the lab's: pixels, normalized ascent, L2, jitter 16, blur every 10, clamp"))
 
 
 LUCID_TRANSFORMS: dict[str, Callable[[], list[T.Transform]]] = {
@@ -124,6 +135,7 @@ LUCID_TRANSFORMS: dict[str, Callable[[], list[T.Transform]]] = {
     "none": list}
 
 
+@preset("lucid", 256, "Fourier + decorrelated colour, pad/jitter/scale/rotate at one size, Adam")
 def _lucid(clf, size: int, batch: int, seeds: list[int], *, lr: float = 0.05, transforms: str = "fixed",
            fixed: bool = False) -> RenderSpec:
     """Olah et al. 2017 / Lucid: Fourier + decorrelated colour + sigmoid, transformation robustness, Adam 0.05.
@@ -144,6 +156,7 @@ def _lucid(clf, size: int, batch: int, seeds: list[int], *, lr: float = 0.05, tr
                       model_size=size if fixed else None)
 
 
+@preset("lucid-fast", 256, "lucid, with the model at one fixed input size (faster per step)")
 def _lucid_fast(clf, size: int, batch: int, seeds: list[int], *, lr: float = 0.05) -> RenderSpec:
     """lucid, with what the model sees resized to the image size (one fixed input size).
 
@@ -153,8 +166,6 @@ def _lucid_fast(clf, size: int, batch: int, seeds: list[int], *, lr: float = 0.0
     return _lucid(clf, size, batch, seeds, lr=lr, fixed=True)
 
 
-PRESETS.add("lucid", Preset(_lucid, 256, "Fourier + decorrelated colour, pad/jitter/scale/rotate at one size, Adam"))
-PRESETS.add("lucid-fast", Preset(_lucid_fast, 256, "lucid, with the model at one fixed input size (faster per step)"))
 
 
 # MACO (Fel et al. 2023). horama 0.3.0 (`maco_fv.py`, `common.py`) runs NAdam lr 1.0, 1000 steps, 6 crops per
@@ -173,6 +184,8 @@ MACO_NOISE = 0.05 / 5
 MACO_LOC_STD = 0.15
 
 
+@preset("maco", 256, "MACO: phase-only Fourier with natural-image magnitude, random crops + noise, "
+                                       "NAdam; transparency map")
 def _maco(clf, size: int, batch: int, seeds: list[int], *, lr: float = MACO_LR, box_min: Unit = MACO_BOX[0],
           box_max: Unit = MACO_BOX[1], noise: float = MACO_NOISE, loc_std: float = MACO_LOC_STD,
           crop_size: int | None = None) -> RenderSpec:
@@ -193,10 +206,9 @@ def _maco(clf, size: int, batch: int, seeds: list[int], *, lr: float = MACO_LR, 
                       "nadam", lr, views=MACO_VIEWS)
 
 
-PRESETS.add("maco", Preset(_maco, 256, "MACO: phase-only Fourier with natural-image magnitude, random crops + noise, "
-                                       "NAdam; transparency map"))
 
 
+@preset("pixel", 256, "plain pixels, no transforms, Adam: the unregularized baseline")
 def _pixel(clf, size: int, batch: int, seeds: list[int], *, lr: float = 0.05) -> RenderSpec:
     """Plain sigmoid pixels, no transforms, Adam: the unregularized baseline (tends to adversarial noise).
 
@@ -206,7 +218,6 @@ def _pixel(clf, size: int, batch: int, seeds: list[int], *, lr: float = 0.05) ->
     return RenderSpec(PixelImage(size, batch, seed=seeds), (), "adam", lr)
 
 
-PRESETS.add("pixel", Preset(_pixel, 256, "plain pixels, no transforms, Adam: the unregularized baseline"))
 
 # Yosinski, Clune, Nguyen, Fuchs, Lipson 2015, "Understanding Neural Networks Through Deep Visualization",
 # Table 1 / deep-visualization-toolbox: (L2 decay, blur radius, blur every, pixel-norm clip %, contribution clip %,
@@ -252,8 +263,8 @@ def _yosinski(k: int):
 
 
 for _k, (_d, _r, _e, _n, _c, _it) in YOSINSKI.items():
-    PRESETS.add(f"yosinski-{_k}", Preset(_yosinski(_k), _it, f"Yosinski et al. 2015 setting {_k}: decay {_d:g}, "
-                                         f"blur {_r:g} every {_e}, norm clip {_n}%, contribution clip {_c}%"))
+    preset(f"yosinski-{_k}", _it, f"Yosinski et al. 2015 setting {_k}: decay {_d:g}, blur {_r:g} every {_e}, "
+           f"norm clip {_n}%, contribution clip {_c}%")(_yosinski(_k))
 
 
 
