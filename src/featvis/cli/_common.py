@@ -9,6 +9,7 @@ JSON. No batch loop and no algorithm lives in a front end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import math
@@ -178,33 +179,53 @@ SHARED = ("model", "weights", "trust_checkpoint", "mean", "std", "labels", "inpu
 DATASET = ("imagefolder", "limit", "shuffle", "shard")
 
 
-def task_command(*, output: str | None, inputs: bool = True, batch: int | None = None) -> Callable:
-    """Register `fn(own options..., options: dict) -> Task` as a command with the shared options added.
+def task_command(task: type | None = None, *, output: str | None, inputs: bool = True,
+                 batch: int | None = None, recipe: bool = False) -> Callable:
+    """Register `fn(own options..., fields, options) -> Task` as a command with the shared options added.
 
+    `task`: the task class whose Params fields declared with `param(...)` become options (their defaults and help
+    from the field; the command restates none of them); `fn` gets their values in `fields` and any option it
+    declares itself (glue such as fool's attack flags) as a keyword.
     `output`: the default run folder (None: results go to a temporary folder unless -o is given).
     `inputs`: the command takes INPUTS... (its first parameter, named `inputs`) and the dataset options.
+    `recipe`: the command runs something other than one task (the atlas): `fn(own options..., options, ctx)` gets a
+    `Context` with the model, the executor and the data set the shared options describe, and returns the exit code.
     """
+    from featvis.cli._params import field_parameters
 
     def deco(fn: Callable) -> Callable:
         sig = inspect.signature(fn, eval_str=True)
-        own = [p for p in sig.parameters.values() if p.name != "options"]
-        params = own + _shared(output, batch) + (_dataset() if inputs else [])
+        own = [p for p in sig.parameters.values() if p.name not in ("options", "fields", "ctx")]
+        generated, converters = field_parameters(task.Params, {p.name for p in own}) if task else ([], {})
+        params = own + generated + _shared(output, batch) + (_dataset() if inputs or recipe else [])
         params.sort(key=lambda p: p.kind != inspect.Parameter.POSITIONAL_OR_KEYWORD)  # arguments first
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> int:
             shared = {k: kwargs.pop(k) for k in SHARED}
             data = {k: kwargs.pop(k) for k in DATASET if k in kwargs}
+            fields = {k: converters[k](kwargs.pop(k)) for k in converters}
             from featvis._registry import parse_assignments
 
-            task = fn(**kwargs, options=parse_assignments(shared["option"]))
-            return run_command(task, kwargs.get("inputs"), shared, data)
+            extra = {"fields": fields} if "fields" in sig.parameters else {}
+            if recipe:
+                return fn(**kwargs, **extra, options=parse_assignments(shared["option"]), ctx=Context(shared, data))
+            built = fn(**kwargs, **extra, options=parse_assignments(shared["option"]))
+            return run_command(built, kwargs.get("inputs"), shared, data)
 
         command.__signature__ = sig.replace(parameters=params, return_annotation=int)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params} | {"return": int}
         return app.command(fn.__name__.rstrip("_").replace("_", "-"))(command)
 
     return deco
+
+
+def task_from(task: type, fields: dict[str, Any], options: dict[str, Any]) -> Any:
+    """The task with the fields the command line gave, and its -O options if its Params take any."""
+    takes = {f.name for f in dataclasses.fields(task.Params)}
+    if options and "options" not in takes:
+        raise FeatvisError(f"{task.name} takes no -O options")
+    return task(**fields, **({"options": options} if "options" in takes else {}))
 
 
 def pick_device(device: str) -> str:
@@ -247,22 +268,48 @@ def make_executor(shared: dict[str, Any]):
 EXECUTOR_FLAGS = {"address": None, "workers": None, "cpus_per_worker": 1.0, "gpus_per_worker": 0.0}
 
 
+@dataclasses.dataclass
+class Context:
+    """What the shared options of a command describe: the model (loaded once), the data set, the executor."""
+
+    shared: dict[str, Any]
+    data: dict[str, Any]
+    _clf: Any = None
+
+    @property
+    def clf(self):
+        if self._clf is None:
+            s = self.shared
+            self._clf = load_classifier(s["model"], s["device"], s["weights"], s["trust_checkpoint"],
+                                        **model_overrides(s["mean"], s["std"], s["labels"], s["input_size"]))
+        return self._clf
+
+    def dataset(self, inputs: list[str] | None):
+        """The inputs as a Dataset, selected by --limit/--shuffle/--shard (None for none)."""
+        if not inputs:
+            return None
+        from featvis.data import Dataset, parse_shard
+
+        data = self.data
+        dataset = Dataset.from_inputs(inputs, labels=self.clf.labels, imagefolder=data.get("imagefolder", False))
+        if data.get("limit") or data.get("shuffle") or data.get("shard"):
+            dataset = dataset.select(limit=data.get("limit"), shuffle=data.get("shuffle", False),
+                                     seed=self.shared["seed"], shard=parse_shard(data.get("shard")))
+        return dataset
+
+    def executor(self):
+        return make_executor(self.shared)
+
+
 def run_command(task, inputs: list[str] | None, shared: dict[str, Any], data: dict[str, Any]) -> int:
     """Load the model, run `task` through the runner with progress, then print its table or JSON."""
     from featvis.tasks.runner import run_task
 
     quiet, as_json = shared["quiet"], shared["json"]
-    clf = load_classifier(shared["model"], shared["device"], shared["weights"], shared["trust_checkpoint"],
-                          **model_overrides(shared["mean"], shared["std"], shared["labels"], shared["input_size"]))
-    dataset = None
-    if inputs is not None:
-        from featvis.data import Dataset, parse_shard
-
-        dataset = Dataset.from_inputs(inputs, labels=clf.labels, imagefolder=data.get("imagefolder", False))
-        if data.get("limit") or data.get("shuffle") or data.get("shard"):
-            dataset = dataset.select(limit=data.get("limit"), shuffle=data.get("shuffle", False),
-                                     seed=shared["seed"], shard=parse_shard(data.get("shard")))
-    executor = make_executor(shared)
+    ctx = Context(shared, data)
+    clf = ctx.clf
+    dataset = ctx.dataset(inputs) if inputs is not None else None
+    executor = ctx.executor()
     show = not quiet and not as_json and err_console().is_terminal
     keep = shared["output"] is not None
     with contextlib.ExitStack() as stack:

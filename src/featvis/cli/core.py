@@ -18,9 +18,10 @@ from featvis.cli._common import (
     print_rows,
     say,
     task_command,
+    task_from,
 )
-from featvis.errors import FeatvisError
 from featvis.models import DEFAULT_MODEL
+from featvis.tasks import ClassifyTask
 
 
 @app.command()
@@ -81,18 +82,10 @@ def presets(json: JsonOpt = False) -> None:
     print_rows(["preset", "default steps", "what it does", "options (-O)"], rows, json, records)
 
 
-@task_command(output=None, batch=16)
-def classify(
-    inputs: InputsArg,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes per image.")] = 5,
-    options: dict | None = None,
-):
+@task_command(ClassifyTask, output=None, batch=16)
+def classify(inputs: InputsArg, fields: dict, options: dict):
     """Top-k classes of each image (with labels: accuracy, per-class accuracy, the mistakes)."""
-    from featvis.tasks import ClassifyTask
-
-    if options:
-        raise FeatvisError("classify takes no -O options")
-    return ClassifyTask(top_k=top_k)
+    return task_from(ClassifyTask, fields, options)
 
 
 @app.command()

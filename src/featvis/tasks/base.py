@@ -21,6 +21,44 @@ from featvis.errors import FeatvisError
 
 
 @dataclass(frozen=True)
+class FieldDoc:
+    """What a front end needs to know of a task parameter, declared with it (`param(...)`): its help, its flag and
+    short flag when not `--field-name`, its metavar, bounds, the words it takes beside a list ("all"), and whether
+    the CLI offers it at all (some are set by the web or a recipe only)."""
+
+    help: str
+    flag: str | None = None
+    short: str | None = None
+    metavar: str | None = None
+    low: float | None = None
+    high: float | None = None
+    words: tuple[str, ...] = ()
+    cli: bool = True
+    show_default: bool = True
+
+
+def param(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+          **doc: Any) -> Any:
+    """A field of a task's Params with its documentation (`FieldDoc`): the CLI builds its option from it, with the
+    field's own default, so no front end restates a parameter.
+
+    Example:
+        >>> k: int = param(9, help="Examples per channel, top and bottom.", short="-k", low=1, high=100)
+    """
+    meta = {FIELD_DOC: FieldDoc(help, **doc)}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+FIELD_DOC = "featvis"  # the dataclass-field metadata key of a FieldDoc
+
+
+def field_doc(f: dataclasses.Field) -> FieldDoc | None:
+    return f.metadata.get(FIELD_DOC)
+
+
+@dataclass(frozen=True)
 class Batch:
     """Items to process together; for image tasks `images` holds the loaded ones ([B, 3, H, W] in [0, 1])."""
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from featvis.errors import FeatvisError
-from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
+from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, param, register
 
 
 @dataclass(frozen=True)
 class ClassifyParams:
-    top_k: int = 5
+    top_k: int = param(5, help="How many classes per image.", short="-k", low=1)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

@@ -15,7 +15,7 @@ import numpy as np
 
 from featvis.attribution.evaluation import applicable_methods, split_options
 from featvis.errors import FeatvisError
-from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, param, register
 from featvis.tasks.saliency import resolve_targets
 
 CURVE_POINTS = 33  # deletion/insertion curves are stored resampled to this many points (the AUCs are exact)
@@ -24,11 +24,16 @@ EXAMPLES = 4  # images in the example-maps strip of the report
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    methods: tuple[str, ...] | str = "all"  # "all": every method that applies to the model
-    metrics: tuple[str, ...] | str = "default"  # "default", "all" (adds the randomization check) or names
-    target: str | int | None = None  # None: the predicted class; "true": the dataset's label; or a class
+    methods: tuple[str, ...] | str = param("all", help="Method name(s), comma-separated, or all (every method that "
+                                           "applies to the model).", flag="--method", metavar="NAMES",
+                                           words=("all",))
+    metrics: tuple[str, ...] | str = param("default", help="default (every metric but the expensive randomization "
+                                           "check), all, or names (see `featvis metrics`).", flag="--metric",
+                                           metavar="NAMES", words=("default", "all"))
+    target: str | int | None = param(None, help="Class index or name, 'true' (each image's label), or leave it out for "
+                                            "the predicted class.", short="-t", metavar="CLASS")
     options: dict[str, Any] = field(default_factory=dict)
-    examples: int = EXAMPLES
+    examples: int = param(EXAMPLES, help="Images in the report's example-maps strip.", low=0, high=16, metavar="N")
 
     def __post_init__(self) -> None:
         from featvis.attribution import ATTRIBUTIONS

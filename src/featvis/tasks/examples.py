@@ -23,7 +23,7 @@ import torch
 from featvis.errors import FeatvisError
 from featvis.layers import layer_label
 from featvis.optvis.examples import patch_around, receptive_field, unit_responses
-from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
+from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, param, register
 from featvis.tasks.results import Damaged
 
 PARTIALS = "partials"
@@ -33,11 +33,13 @@ TOP_CLASSES = 5
 
 @dataclass(frozen=True)
 class ExamplesParams:
-    layer: str = ""
-    channels: tuple[int, ...] | str = "all"
-    neuron: bool = False  # rank by the centre neuron instead of the channel's spatial maximum
-    k: int = 9
-    classes: bool = True  # also record the model's prediction per image (the classes of each channel's top images)
+    layer: str = param("", help="Layer name (see `featvis layers`).", short="-l", metavar="NAME")
+    channels: tuple[int, ...] | str = param("all", help="Channel indices (comma list) or 'all'.", flag="--channel",
+                                            short="-c", metavar="C", words=("all",))
+    neuron: bool = param(False, help="Rank by the centre neuron, not the spatial maximum.")
+    k: int = param(9, help="Examples per channel, top and bottom.", flag="-k", low=1, high=100, metavar="K")
+    classes: bool = param(True, help="Record each image's predicted class (a full forward pass; --no-classes runs "
+                          "the model only up to the layer).")
 
     def __post_init__(self) -> None:
         if not self.layer:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featvis.errors import FeatvisError
-from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, param, register
 from featvis.tasks.classify import per_class
 
 FOOL_FIELDS = ["input", "method", "success", "steps", "original_class", "original_name", "target", "target_name",
@@ -82,10 +82,13 @@ def _reporter(total: int | None):
 
 @dataclass(frozen=True)
 class FoolParams:
-    method: str = "ascent"
-    target: str | int | None = "random"  # a class, "random" (seeded per image), "true", or None (untargeted)
+    method: str = param("ascent", help="An attack (see `featvis attacks`): ascent (the lab's step, capped), lab, "
+                        "fgsm, pgd, mifgsm, cw, deepfool.", metavar="ATTACK")
+    target: str | int | None = param("random", help="A class (index or name), 'random' (seeded per image), 'true' "
+                                     "(each image's label) or 'none' (untargeted; the default of untargeted "
+                                     "attacks).", short="-t", metavar="CLASS")
     options: dict[str, Any] = field(default_factory=dict)
-    check_model: str | None = None  # a second model to test transfer on
+    check_model: str | None = param(None, help="A second model to test transfer on.", metavar="MODEL")
 
     def __post_init__(self) -> None:
         from featvis.adversarial import ATTACKS
@@ -262,10 +265,13 @@ def fooling_summary(records: list[dict]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RobustnessParams:
-    method: str = "pgd"
-    eps: tuple[float, ...] = tuple(e / 255 for e in (1, 2, 3, 4, 6, 8))
-    norm: str = "linf"
-    target: str | int | None = None
+    method: str = param("pgd", help="An attack with a budget (see `featvis attacks`): pgd, fgsm, mifgsm or ascent.",
+                        metavar="ATTACK")
+    eps: tuple[float, ...] = param(tuple(e / 255 for e in (1, 2, 3, 4, 6, 8)), help="Budgets, comma-separated, in "
+                                   "[0, 1] units or 8-bit levels.", metavar="BUDGETS")
+    norm: str = param("linf", help="linf, or l2 for fgsm/pgd (then --eps is an L2 size).", metavar="NORM")
+    target: str | int | None = param(None, help="'none' (make the model change its mind), a class, 'random' or "
+                                     "'true'.", short="-t", metavar="CLASS")
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

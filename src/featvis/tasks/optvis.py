@@ -13,7 +13,7 @@ from featvis.data import Dataset
 from featvis.errors import FeatvisError, did_you_mean
 from featvis.layers import layer_label
 from featvis.optvis.render import check_render
-from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, register
+from featvis.tasks.base import Batch, Output, Section, Table, Task, item_name, param, register
 
 GRID_MAX = 100  # images in the run's grid.png (the rest are in images/)
 
@@ -107,12 +107,16 @@ def _gallery(run, title: str, intro: str, what: str) -> Section:
     return s
 
 
+PRESET_HELP = "lab, lucid, lucid-fast, maco, pixel, yosinski-1..4 and more (see `featvis presets`)."
+
+
 @dataclass(frozen=True)
 class ClassvisParams:
-    classes: tuple[int | str, ...] | str = ()  # class names/indices, or "all"
-    preset: str = "lucid"
-    steps: int | None = None
-    size: int | None = None
+    classes: tuple[int | str, ...] | str = param((), help="Class names or indices, or 'all'.", cli=False)
+    preset: str = param("lucid", help=PRESET_HELP, metavar="PRESET")
+    steps: int | None = param(None, help="Optimization steps (default: the preset's).", low=0, metavar="N")
+    size: int | None = param(None, help="Image side in pixels (default: the model's input size).", low=16, high=1024,
+                             metavar="PX")
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -182,12 +186,13 @@ class ClassvisTask(Task):
 
 @dataclass(frozen=True)
 class FeaturesParams:
-    layer: str = ""
-    channels: tuple[int, ...] | str = (0,)  # channel indices, or "all"
-    neuron: bool = False
-    preset: str = "lucid"
-    steps: int | None = None
-    size: int | None = 128
+    layer: str = param("", help="Layer name (see `featvis layers`).", short="-l", metavar="NAME")
+    channels: tuple[int, ...] | str = param((0,), help="Channel index or a comma list.", flag="--channel", short="-c",
+                                            metavar="C", words=("all",))
+    neuron: bool = param(False, help="Only the centre neuron of each channel.")
+    preset: str = param("lucid", help=PRESET_HELP, metavar="PRESET")
+    steps: int | None = param(None, help="Optimization steps (default: the preset's).", low=0, metavar="N")
+    size: int | None = param(128, help="Image side in pixels.", low=16, high=1024, metavar="PX")
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -275,9 +280,9 @@ class FeaturesTask(Task):
 
 @dataclass(frozen=True)
 class AccentuateParams:
-    layer: str = "logits"  # a layer, or "logits" for a class
-    channel: int | str = 0  # a channel of the layer, or a class (name or index) for "logits"
-    steps: int = 96
+    layer: str = param("logits", help="A layer, or 'logits' for a class.", short="-l", metavar="NAME")
+    channel: int | str = param(0, help="A channel of the layer, or a class for 'logits'.", short="-c", metavar="C")
+    steps: int = param(96, help="Optimization steps.", low=0, metavar="N")
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

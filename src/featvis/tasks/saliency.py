@@ -12,7 +12,7 @@ import torch
 from featvis._io import npy_bytes
 from featvis.attribution._base import SCORES  # the one list of scores a method can explain
 from featvis.errors import FeatvisError, did_you_mean
-from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, register
+from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, param, register
 from featvis.tasks.classify import accuracy_summary, add_accuracy, per_class
 
 
@@ -67,16 +67,21 @@ def resolve_targets(clf, images: torch.Tensor, target, labels: list[int | None])
 
 @dataclass(frozen=True)
 class SaliencyParams:
-    methods: tuple[str, ...] = ("gradient",)
-    target: str | int | None = None  # None: the predicted class; "true": the dataset's label; or a class
-    score: str = "logit"
-    metrics: bool = False
-    metric_steps: int | None = None
-    shared_scale: bool = False
-    overlays: bool = False  # also write each map as a heatmap PNG and an overlay PNG (the web page shows them)
+    methods: tuple[str, ...] = param(("gradient",), help="Method name(s), comma-separated (see `featvis methods`).",
+                                     flag="--method", metavar="NAMES")
+    target: str | int | None = param(None, help="Class index or name, 'true' (each image's label), or leave it out for "
+                                            "the predicted class.", short="-t", metavar="CLASS")
+    score: str = param("logit", help="What is explained: logit, log-prob or prob.", metavar="SCORE")
+    metrics: bool = param(False, help="Deletion/insertion AUC per map (RISE protocol).")
+    metric_steps: int | None = param(None, help="Deletion/insertion steps (default: the image side, RISE's protocol).",
+                                     low=2, metavar="N")
+    shared_scale: bool = param(False, help="One colour scale across methods.")
+    overlays: bool = param(False, help="Also write each map as a heatmap PNG and an overlay PNG (the web page shows "
+                           "them).", cli=False)
     # A matplotlib figure per image costs ~0.4 s (more than a gradient map): off for data sets of thousands, where the
     # maps (.npy), the records and the summary are what is read.
-    figures: bool = True
+    figures: bool = param(True, help="A figure per image (~0.4 s each): --no-figures for data sets of thousands (maps, "
+                          "records and summary are still written).")
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -238,10 +243,13 @@ def _mean(values) -> float | None:
 
 @dataclass(frozen=True)
 class SanityParams:
-    methods: tuple[str, ...] = ("gradient", "guided-backprop", "gradcam")
-    target: str | int | None = None
-    independent: bool = True
-    randomization_seed: int = 0  # seeds the re-initialization (one randomized model for every image)
+    methods: tuple[str, ...] = param(("gradient", "guided-backprop", "gradcam"), help="Method name(s), "
+                                     "comma-separated (see `featvis methods`).", flag="--method", metavar="NAMES")
+    target: str | int | None = param(None, help="Class index or name, 'true' (each image's label), or leave it out for "
+                                            "the predicted class.", short="-t", metavar="CLASS")
+    independent: bool = param(True, help="Also randomize each block alone.")
+    randomization_seed: int = param(0, help="Seed of the re-initialization (one randomized model for every image).",
+                                    metavar="N")
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -29,6 +29,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from featvis import samples
 from featvis.errors import FeatvisError
 from featvis.images import load_image
+from featvis.tasks.classify import ClassifyParams  # the forms' defaults are the tasks'
+from featvis.tasks.fool import FoolParams
+from featvis.tasks.optvis import FeaturesParams
+from featvis.tasks.saliency import SaliencyParams
 from featvis.web.guard import DRAIN_BYTES, Guard, size_text, too_large
 from featvis.web.jobs import JobQueue, QueueFull, WebJob
 
@@ -128,6 +132,10 @@ def server(request: Request) -> Server:
 
 router = APIRouter()
 Form_ = Annotated[str | None, Form()]
+# A visualization on the shared server: smaller than the CLI's defaults (a page waits for it) and capped (one job
+# must not hold the model thread for long); the tasks check everything else, as for every front end.
+WEB_STEPS, WEB_SIDE = 128, 128
+WEB_MAX_STEPS, WEB_MIN_SIDE, WEB_MAX_SIDE = 2000, 32, 512
 
 
 @router.get("/", include_in_schema=False)
@@ -199,7 +207,7 @@ def sample_names() -> list[str]:
 
 @router.post("/api/classify")
 async def classify(request: Request, file: UploadFile | None = None, sample: Form_ = None,
-                   k: Annotated[int, Form()] = 5) -> dict:
+                   k: Annotated[int, Form()] = ClassifyParams.top_k) -> dict:
     srv = server(request)
     x = await srv.read_image(file, sample)
     preds = await srv.on_model(lambda: srv.clf.predict(x, k))
@@ -208,7 +216,7 @@ async def classify(request: Request, file: UploadFile | None = None, sample: For
 
 @router.post("/api/saliency", status_code=202)
 async def saliency(request: Request, file: UploadFile | None = None, sample: Form_ = None,
-                   method: Annotated[str, Form()] = "gradient", target: Form_ = None):
+                   method: Annotated[str, Form()] = SaliencyParams.methods[0], target: Form_ = None):
     from featvis.tasks import SaliencyTask
 
     srv = server(request)
@@ -223,7 +231,7 @@ async def saliency(request: Request, file: UploadFile | None = None, sample: For
 
 @router.post("/api/fool", status_code=202)
 async def fool(request: Request, file: UploadFile | None = None, sample: Form_ = None,
-               target: Annotated[str, Form()] = "random", method: Annotated[str, Form()] = "ascent"):
+               target: Annotated[str, Form()] = FoolParams.target, method: Annotated[str, Form()] = FoolParams.method):
     from featvis.adversarial import ATTACKS
     from featvis.tasks import FoolTask
 
@@ -239,13 +247,15 @@ async def fool(request: Request, file: UploadFile | None = None, sample: Form_ =
 
 @router.post("/api/visualize", status_code=202)
 async def visualize(request: Request, kind: Annotated[str, Form()] = "class", target: Form_ = None,
-                    layer: Form_ = None, channel: Annotated[int, Form()] = 0, preset: Annotated[str, Form()] = "lucid",
-                    steps: Annotated[int, Form()] = 128, size: Annotated[int, Form()] = 128):
+                    layer: Form_ = None, channel: Annotated[int, Form()] = 0,
+                    preset: Annotated[str, Form()] = FeaturesParams.preset,
+                    steps: Annotated[int, Form()] = WEB_STEPS, size: Annotated[int, Form()] = WEB_SIDE):
     from featvis.tasks import ClassvisTask, FeaturesTask
 
     srv = server(request)
-    if not 1 <= steps <= 2000 or not 32 <= size <= 512:
-        raise HTTPException(422, "steps must be 1..2000 and size 32..512")
+    if not 1 <= steps <= WEB_MAX_STEPS or not WEB_MIN_SIDE <= size <= WEB_MAX_SIDE:  # the server's own caps
+        raise HTTPException(422, f"steps must be 1..{WEB_MAX_STEPS} and size {WEB_MIN_SIDE}..{WEB_MAX_SIDE} on this "
+                                 "server (the CLI takes more)")
     if kind == "class":
         task = ClassvisTask(classes=(target if target is not None else "",), preset=preset, steps=steps, size=size)
     elif kind == "channel":
