@@ -1,8 +1,8 @@
 """Progress from inside long algorithm loops, without a flag or a print in any algorithm.
 
 A front end (the task runner, the web API, a notebook) opens `listening(callback)`; algorithms call
-`report(stage, done, total)` at their natural checkpoints (a chunk of samples, an attack step, a render step).
-With no listener `report` costs one context-variable lookup. The callback may raise to stop the work (the web
+`update(stage, done, total)` at their natural checkpoints (a chunk of samples, an attack step, a render step).
+With no listener `update` costs one context-variable lookup. The callback may raise to stop the work (the web
 API cancels jobs this way). Listeners nest: one opened inside another's block (the runner's, inside a web job's)
 hears first, then the outer one hears too. Context variables are per thread, so concurrent jobs never see each
 other's listener.
@@ -20,7 +20,7 @@ Listener = Callable[[str, float, float, dict], None]  # (stage, done, total, ext
 _listener: ContextVar[Listener | None] = ContextVar("featvis_progress", default=None)
 
 
-def report(stage: str, done: float, total: float, **extra: Any) -> None:
+def update(stage: str, done: float, total: float, **extra: Any) -> None:
     """Tell the current listener (if any) that `done` of `total` units of `stage` are finished; `extra` may carry
     e.g. `preview=` images for live displays."""
     listener = _listener.get()
@@ -30,7 +30,7 @@ def report(stage: str, done: float, total: float, **extra: Any) -> None:
 
 @contextlib.contextmanager
 def listening(listener: Listener | None) -> Iterator[None]:
-    """Route `report` calls made in this thread (and the contexts it starts) to `listener` while the block runs."""
+    """Route `update` calls made in this thread (and the contexts it starts) to `listener` while the block runs."""
     outer = _listener.get()
     if listener is not None and outer is not None:
         inner = listener

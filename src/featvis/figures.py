@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
 import matplotlib.figure
@@ -130,20 +129,6 @@ def compare_methods(image: torch.Tensor, maps: Mapping[str, torch.Tensor], title
     return fig
 
 
-def metric_curves(curves: Mapping[str, object], index: int = 0) -> Figure:
-    """Deletion and insertion curves of several methods for one image (curves: name -> (deletion, insertion))."""
-    fig, axes = subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
-    for name, (dele, ins) in curves.items():
-        for ax, c in zip(axes, (dele, ins), strict=True):
-            p = c.probs[index].cpu().numpy()
-            ax.plot(np.linspace(0, 1, len(p)), p, label=f"{name} ({c.auc[index]:.3f})")
-    axes[0].set_title("deletion (lower AUC is better)", fontsize=9)
-    axes[1].set_title("insertion (higher AUC is better)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("fraction of pixels")
-        ax.set_ylabel("p(original class)")
-        ax.legend(fontsize=7)
-    return fig
 
 
 def sanity_curves(units: Sequence[str], methods: Mapping[str, Mapping]) -> Figure:
@@ -243,13 +228,6 @@ def _close(fig: matplotlib.figure.Figure) -> None:
         plt.close(fig)
 
 
-def save_figure(fig: matplotlib.figure.Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Save as PNG atomically and close the figure."""
-    from featvis._io import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(figure_png(fig, dpi=dpi))
-    return Path(path)
 
 
 def fooling_panels(result, max_rows: int = 8) -> Figure:
@@ -301,16 +279,6 @@ def render_grid(images: torch.Tensor, titles: Sequence[str], cols: int = 5) -> F
     return fig
 
 
-def snapshot_strip(snapshots: Mapping[int, torch.Tensor], index: int = 0) -> Figure:
-    """One image's progress over the steps (the lab printed it every N iterations)."""
-    steps = sorted(snapshots)
-    fig, axes = subplots(1, len(steps), figsize=(2.2 * len(steps), 2.5), squeeze=False,
-                             constrained_layout=True)
-    for ax, s in zip(axes[0], steps, strict=True):
-        ax.imshow(_img(snapshots[s][index]))
-        ax.set_title(f"step {s}", fontsize=8)
-        ax.axis("off")
-    return fig
 
 
 def accentuation_panels(result, max_rows: int = 8, gain: float = 4.0) -> Figure:

@@ -217,7 +217,8 @@ def to_tensor(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-def prepare(im: Image.Image, size: int, crop_fraction: float = 1.0, interpolation: str = "bicubic") -> Image.Image:
+def resize_and_crop(im: Image.Image, size: int, crop_fraction: float = 1.0,
+                    interpolation: str = "bicubic") -> Image.Image:
     """Resize the short side to size / crop_fraction (antialiased), then center-crop size × size."""
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
                 "lanczos": Image.LANCZOS}.get(interpolation, Image.BICUBIC)
@@ -231,7 +232,8 @@ def prepare(im: Image.Image, size: int, crop_fraction: float = 1.0, interpolatio
 
 
 def resize(images: torch.Tensor, size: int, crop_fraction: float = 1.0) -> torch.Tensor:
-    """The tensor version of `prepare`: short side to size / crop_fraction, center-crop, clamped to [0, 1]."""
+    """The tensor version of `resize_and_crop`: short side to size / crop_fraction, center-crop, clamped to
+    [0, 1]."""
     h, w = images.shape[-2:]
     short = round(size / crop_fraction)
     scale = short / min(h, w)
@@ -265,7 +267,7 @@ def load_image(src: ImageSource, clf=None, *, size: int | None = None, max_pixel
     else:
         im = open_image(src, max_pixels=max_pixels, min_side=round(side / crop) if side else None)
         if side:
-            im = prepare(im, side, crop, interp)
+            im = resize_and_crop(im, side, crop, interp)
         x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float().div_(255.0)
     device = getattr(clf, "device", None)
     return x.to(device) if device is not None else x

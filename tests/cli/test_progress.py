@@ -76,7 +76,7 @@ def test_progress_listeners_nest():
     heard = []
     with _progress.listening(lambda s, d, t, e: heard.append(("outer", s, d))):
         with _progress.listening(lambda s, d, t, e: heard.append(("inner", s, d))):
-            _progress.report("render step", 3, 10)
-        _progress.report("after", 1, 1)
-    _progress.report("nobody", 0, 1)
+            _progress.update("render step", 3, 10)
+        _progress.update("after", 1, 1)
+    _progress.update("nobody", 0, 1)
     assert heard == [("inner", "render step", 3), ("outer", "render step", 3), ("outer", "after", 1)]

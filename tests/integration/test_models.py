@@ -243,11 +243,11 @@ def test_image_preprocessing_matches_the_library(built: Built):
     worth 0.013–0.020 mean absolute difference. A wrong crop fraction or normalization costs 0.047 and more."""
     case = built.case
     library, arch = case.name.split(":", 1)
-    from featvis.images import open_image, prepare
+    from featvis.images import open_image, resize_and_crop
 
     photo = open_image(fv.samples.path("chelsea"))
     meta = library_metadata(case)
-    ours = prepare(photo, meta["native"], meta["crop_fraction"], meta["interpolation"])
+    ours = resize_and_crop(photo, meta["native"], meta["crop_fraction"], meta["interpolation"])
     ours = torch.from_numpy(np.asarray(ours).copy()).permute(2, 0, 1).float() / 255
     if library == "torchvision":
         from torchvision.models import get_model_weights

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import featvis as fv
-from featvis.images import open_image, prepare
+from featvis.images import open_image, resize_and_crop
 from featvis.models import ModelSource, lite, rebuild, zoo
 from featvis.models.classifier import IMAGENET_MEAN, IMAGENET_STD
 
@@ -30,7 +30,7 @@ TRUTH = {"chelsea": list(range(281, 286)), "coffee": [967], "grace_hopper": [652
 def _mean_log_p(net, mean, std, crop):
     total = 0.0
     for name, classes in TRUTH.items():
-        im = prepare(open_image(fv.samples.path(name)), 224, crop, "bicubic")
+        im = resize_and_crop(open_image(fv.samples.path(name)), 224, crop, "bicubic")
         x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 255
         x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
         with torch.no_grad():

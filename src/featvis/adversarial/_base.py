@@ -104,7 +104,7 @@ def per_image(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * 3))
 
 
-def prepare(clf, images: torch.Tensor) -> torch.Tensor:
+def attack_inputs(clf, images: torch.Tensor) -> torch.Tensor:
     return check_images(images, dtype=clf.dtype).to(clf.device).detach()
 
 

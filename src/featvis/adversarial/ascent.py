@@ -23,7 +23,7 @@ import torch
 
 from featvis._ops import Seed
 from featvis._registry import Count
-from featvis.adversarial._base import ATTACKS, per_image, prepare, resolve_attack_targets, step_loop
+from featvis.adversarial._base import ATTACKS, attack_inputs, per_image, resolve_attack_targets, step_loop
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.errors import FeatvisError
 
@@ -32,7 +32,7 @@ from featvis.errors import FeatvisError
 LR = 0.1
 LAB_LR = LR
 EPS = 3 / 255  # largest change of any pixel value (L∞, [0, 1] units)
-SCORES = {"logit": "logit", "log-prob": "ce"}
+ASCENT_LOSSES = {"logit": "logit", "log-prob": "ce"}
 
 
 @ATTACKS.register("ascent", aliases=("fool",), targeted=True, untargeted=True, norms=("linf",), steps="max_steps")
@@ -57,7 +57,7 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | No
     Example:
         >>> res = ascent(clf, x, "stingray"); res.success, res.steps, res.linf * 255
     """
-    if score not in SCORES:
+    if score not in ASCENT_LOSSES:
         raise FeatvisError(f"unknown ascent score {score!r}; use 'log-prob' or 'logit'")
     if not lr > 0 or not math.isfinite(lr):
         raise FeatvisError(f"ascent lr must be a positive number, got {lr}")
@@ -65,7 +65,7 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | No
         raise FeatvisError(f"ascent eps must be at least one 8-bit level (1/255 ≈ 0.0039) or None for no cap, "
                            f"got {eps}")
     cap = None if eps is None or math.isinf(eps) else eps
-    x = prepare(clf, images)
+    x = attack_inputs(clf, images)
     targets, original, probs = resolve_attack_targets(clf, x, target, seed)
 
     if cap is not None:
@@ -77,8 +77,8 @@ def ascent(clf, images: torch.Tensor, target, *, lr: float = LR, eps: float | No
         nxt = cur + lr * grad / per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
         return nxt.clamp(0, 1) if cap is None else torch.minimum(torch.maximum(nxt, lo[rows]), hi[rows])
 
-    raw, steps = step_loop(clf, x, targets, original, start=x, step=step, max_steps=max_steps, loss=SCORES[score],
-                           callback=callback, with_rows=True)
+    raw, steps = step_loop(clf, x, targets, original, start=x, step=step, max_steps=max_steps,
+                           loss=ASCENT_LOSSES[score], callback=callback, with_rows=True)
     return finish("ascent", clf, x, raw, targets, original, steps,
                   {"lr": lr, "eps": cap, "max_steps": max_steps, "score": score}, probs)
 

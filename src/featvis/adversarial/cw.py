@@ -7,7 +7,7 @@ import torch
 
 from featvis._ops import Seed
 from featvis._registry import Count
-from featvis.adversarial._base import ATTACKS, prepare, resolve_attack_targets
+from featvis.adversarial._base import ATTACKS, attack_inputs, resolve_attack_targets
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.images import quantize
 from featvis.models.classifier import frozen
@@ -38,7 +38,7 @@ def cw(clf, images: torch.Tensor, target=None, *, c: float = 1.0, kappa: float =
         lr: Adam learning rate in tanh space.
         search_steps: how many constants to try.
     """
-    x = prepare(clf, images)
+    x = attack_inputs(clf, images)
     targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     targeted = targets is not None
     cls = targets if targeted else original

@@ -8,7 +8,7 @@ import torch
 
 from featvis._ops import Seed
 from featvis._registry import Count
-from featvis.adversarial._base import ATTACKS, fooled, per_image, prepare, resolve_attack_targets
+from featvis.adversarial._base import ATTACKS, attack_inputs, fooled, per_image, resolve_attack_targets
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.errors import FeatvisError
 from featvis.images import quantize
@@ -38,7 +38,7 @@ def deepfool(clf, images: torch.Tensor, target=None, *, candidates: Count = 10, 
     if target is not None:
         raise FeatvisError("deepfool is untargeted (it finds the nearest boundary): pass target=None "
                            "(CLI: --target none), or use ascent, pgd or cw for a chosen target")
-    x = prepare(clf, images)
+    x = attack_inputs(clf, images)
     _, original, probs = resolve_attack_targets(clf, x, None)
     b = x.shape[0]
     k = min(candidates, probs.shape[1])

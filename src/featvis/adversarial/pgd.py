@@ -9,7 +9,7 @@ import torch
 
 from featvis._ops import Seed, _single, random_draw
 from featvis._registry import Count, Range
-from featvis.adversarial._base import ATTACKS, objective, per_image, prepare, resolve_attack_targets, step_loop
+from featvis.adversarial._base import ATTACKS, attack_inputs, objective, per_image, resolve_attack_targets, step_loop
 from featvis.adversarial.result import FoolingResult, finish
 from featvis.errors import FeatvisError
 from featvis.models.classifier import frozen
@@ -55,7 +55,7 @@ def fgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, norm:
         norm: "linf" (FGSM) or "l2" (FGM).
     """
     norm = _check_norm(norm)
-    x = prepare(clf, images)
+    x = attack_inputs(clf, images)
     step = lambda cur, g, orig: project(cur + eps * _direction(g, norm), orig, eps, norm)  # noqa: E731
     if straight_through:
         targets, original, probs = resolve_attack_targets(clf, x, target, seed)
@@ -93,7 +93,7 @@ def pgd(clf, images: torch.Tensor, target=None, *, eps: float | None = None, nor
     norm = _check_norm(norm)
     eps = (EPS_LINF if norm == "linf" else EPS_L2) if eps is None else eps
     alpha = eps / 4 if alpha is None else alpha
-    x = prepare(clf, images)
+    x = attack_inputs(clf, images)
     targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     start = x
     if random_start:
@@ -128,7 +128,7 @@ def mifgsm(clf, images: torch.Tensor, target=None, *, eps: float = EPS_LINF, alp
         decay: momentum μ (1.0, as in the paper).
     """
     alpha = eps / steps if alpha is None else alpha
-    x = prepare(clf, images)
+    x = attack_inputs(clf, images)
     targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     momentum = torch.zeros_like(x)
 

@@ -13,7 +13,7 @@ import torch
 
 from featvis._ops import Seed, _single
 from featvis._types import Result
-from featvis.adversarial._base import ATTACKS, check_budgeted, prepare, resolve_attack_targets
+from featvis.adversarial._base import ATTACKS, attack_inputs, check_budgeted, resolve_attack_targets
 from featvis.errors import FeatvisError
 
 EPS_255 = (1, 2, 3, 4, 6, 8)  # whole 8-bit levels: on an 8-bit original the saved image stays inside each
@@ -100,7 +100,7 @@ def robustness(clf, images: torch.Tensor, target=None, *, eps: Sequence[float] |
         raise FeatvisError(f"eps must be positive finite budgets in [0, 1] pixel units, got {list(grid)}")
     attack = ATTACKS.get(name)
     extra = {"norm": norm} if "norm" in attack.options else {}
-    x = prepare(clf, images)
+    x = attack_inputs(clf, images)
     targets, original, _ = resolve_attack_targets(clf, x, target, seed)
     b = x.shape[0]
     min_eps = torch.full((b,), math.inf, dtype=torch.float64, device=x.device)  # exactly the grid's values

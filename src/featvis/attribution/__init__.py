@@ -58,10 +58,10 @@ def explain(clf, images: torch.Tensor, target=None, *, methods: Sequence[str] = 
     Example:
         >>> explain(clf, x, "tabby", methods=["gradient", "integrated-gradients", "gradcam"])
     """
-    from featvis.attribution._base import prepare
+    from featvis.attribution._base import prepare_inputs
     from featvis.models.classifier import frozen
 
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     maps = {ATTRIBUTIONS.canonical(m): ATTRIBUTIONS.get(m)(clf, images, targets, **options) for m in methods}
     with torch.no_grad(), frozen(clf):  # eval mode: a train-mode pass would move BatchNorm statistics
         probs = clf(images).softmax(-1).gather(1, targets[:, None])[:, 0]

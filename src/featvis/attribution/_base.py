@@ -117,11 +117,11 @@ def input_gradients(clf, images: torch.Tensor, targets: torch.Tensor, *, score: 
             x = images[start:start + chunk].detach().requires_grad_(True)
             s = fn(clf(x), targets[start:start + chunk])
             out[start:start + chunk] = torch.autograd.grad(s.sum(), x)[0]
-            _progress.report("gradients", min(start + chunk, images.shape[0]), images.shape[0])
+            _progress.update("gradients", min(start + chunk, images.shape[0]), images.shape[0])
     return out
 
 
-def prepare(clf, images: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_inputs(clf, images: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate images (moved to the classifier's device) and resolve the targets."""
     images = check_images(images, dtype=clf.dtype).to(clf.device)
     return images, resolve_targets(clf, images, target)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from featvis._progress import report
-from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
+from featvis._progress import update
+from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare_inputs, score_fn
 from featvis.layers import capture, default_layer, find_layer, forward_until, to_spatial
 from featvis.models.classifier import frozen
 
@@ -40,7 +40,7 @@ def _upsample(cam: torch.Tensor, size: tuple[int, int], interpolation: str) -> t
 def _cam(kind: str):
     def method(clf, images: torch.Tensor, target=None, *, layer: str | None = None, score: str = "logit",
                relu: bool = True, interpolation: str = "bilinear", batch_size: int | None = None) -> torch.Tensor:
-        images, targets = prepare(clf, images, target)
+        images, targets = prepare_inputs(clf, images, target)
         name = find_layer(clf, layer)[0] if layer else default_layer(clf)
         acts, grads = layer_maps(clf, images, targets, name, score, batch_size)
         if kind == "gradcam":
@@ -102,7 +102,7 @@ def scorecam(clf, images: torch.Tensor, target=None, *, layer: str | None = None
     Returns:
         [B, H, W] at the input resolution.
     """
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     name = find_layer(clf, layer)[0] if layer else default_layer(clf)
     b, _, h, w = images.shape
     fill = clf.mean.to(images).view(1, 3, 1, 1)
@@ -119,7 +119,7 @@ def scorecam(clf, images: torch.Tensor, target=None, *, layer: str | None = None
             m = F.interpolate(unit.flatten(0, 1)[sl, None], size=(h, w), mode="bilinear", align_corners=False)
             x = images[owner[sl]] * m + fill * (1 - m)
             logits[sl] = clf(x).gather(1, targets[owner[sl], None])[:, 0]
-            report("scorecam", sl.stop, b * c)
+            update("scorecam", sl.stop, b * c)
         weights = logits.view(b, c).softmax(-1)[:, :, None, None]
         cam = (weights * acts).sum(1).clamp(min=0)
     return _upsample(cam, (h, w), interpolation)

@@ -21,7 +21,7 @@ import torch
 from featvis._ops import Seed, first_seed
 from featvis._registry import Option, Spec
 from featvis.attribution import metrics as _curves
-from featvis.attribution._base import ATTRIBUTIONS, prepare
+from featvis.attribution._base import ATTRIBUTIONS, prepare_inputs
 from featvis.attribution.complexity import gini
 from featvis.attribution.leaderboard import RANDOM
 from featvis.attribution.metric import GROUPS, METRICS, Context, Metric, default_metrics, metric_group
@@ -166,7 +166,7 @@ def evaluate_batch(clf, images: torch.Tensor, targets=None, methods: Sequence[st
     metrics = default_metrics() if metrics is None else metrics
     for name in metrics:
         METRICS.get(name)
-    images, target_idx = prepare(clf, images, targets)
+    images, target_idx = prepare_inputs(clf, images, targets)
     b = images.shape[0]
     groups = list(dict.fromkeys(METRICS.get(m).group for m in metrics))
     wanted = {METRICS.canonical(m) for m in metrics}

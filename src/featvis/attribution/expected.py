@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from featvis._ops import Seed, random_draw
-from featvis._progress import report
+from featvis._progress import update
 from featvis._registry import Count
-from featvis.attribution._base import ATTRIBUTIONS, default_chunk, input_gradients, prepare, reduce_channels
+from featvis.attribution._base import ATTRIBUTIONS, default_chunk, input_gradients, prepare_inputs, reduce_channels
 from featvis.errors import FeatvisError
 
 SAMPLES = 32  # (reference, α) draws per image; the paper's attribution-prior training uses 1, evaluation more
@@ -37,7 +37,7 @@ def expected_gradients_from(clf, images: torch.Tensor, targets: torch.Tensor, po
         path = (ref + a * diff).flatten(0, 1)  # [n·B, 3, H, W]
         grads = input_gradients(clf, path, targets.repeat(a.shape[0]), score=score, batch_size=chunk)
         total += (diff * grads.view(a.shape[0], *images.shape)).sum(0)
-        report("expected-gradients", start + a.shape[0], samples)
+        update("expected-gradients", start + a.shape[0], samples)
     return total / samples
 
 
@@ -62,7 +62,7 @@ def expected_gradients(clf, images: torch.Tensor, target=None, *, references: to
     Example:
         >>> eg = expected_gradients(clf, x, "tabby", references=dataset_sample, samples=64)
     """
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     b = images.shape[0]
     if samples < 1:
         raise FeatvisError(f"expected-gradients needs samples >= 1, got {samples}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from featvis.attribution._base import ATTRIBUTIONS, input_gradients, prepare, reduce_channels
+from featvis.attribution._base import ATTRIBUTIONS, input_gradients, prepare_inputs, reduce_channels
 from featvis.errors import FeatvisError
 from featvis.layers import swapped_forward
 
@@ -27,7 +27,7 @@ def gradient(clf, images: torch.Tensor, target=None, *, score: str = "logit", re
     Example:
         >>> sal = gradient(clf, x, "tabby")
     """
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     return reduce_channels(input_gradients(clf, images, targets, score=score, batch_size=batch_size), reduce)
 
 
@@ -39,7 +39,7 @@ def input_x_gradient(clf, images: torch.Tensor, target=None, *, score: str = "lo
     Returns:
         [B, H, W], summed over channels (reduce="none" for [B, 3, H, W]).
     """
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     grads = input_gradients(clf, images, targets, score=score, batch_size=batch_size)
     return reduce_channels(grads * images, reduce)
 
@@ -99,7 +99,7 @@ def guided_backprop(clf, images: torch.Tensor, target=None, *, score: str = "log
         kinds = ", ".join(f"{k} ({n}×)" for k, n in other.items())
         raise FeatvisError(f"guided-backprop is defined for ReLU networks and this model uses {kinds}; use gradient, "
                            "integrated-gradients or gradcam")
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     with swapped_forward(clf, (nn.ReLU, nn.ReLU6), _guided_forward) as n:
         if n == 0:
             raise FeatvisError("guided-backprop needs nn.ReLU/nn.ReLU6 modules and this model has none")

@@ -10,7 +10,7 @@ from featvis.attribution._base import (
     ATTRIBUTIONS,
     default_chunk,
     input_gradients,
-    prepare,
+    prepare_inputs,
     reduce_channels,
     score_fn,
 )
@@ -74,7 +74,7 @@ def integrated_gradients(clf, images: torch.Tensor, target=None, *, baseline="bl
     Example:
         >>> ig, delta = integrated_gradients(clf, x, "tabby", steps=64, return_delta=True)
     """
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     base = make_baseline(clf, images, baseline, seed)
     alphas, weights = quadrature(steps, rule, images.device)
     b = images.shape[0]

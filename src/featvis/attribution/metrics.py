@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from featvis._ops import Seed, gaussian_blur, random_draw
-from featvis._progress import report
+from featvis._progress import update
 from featvis.attribution._base import default_chunk
 from featvis.errors import FeatvisError
 from featvis.images import check_images
@@ -76,7 +76,7 @@ def _curve(clf, images: torch.Tensor, maps: torch.Tensor, kind: str, *, start: t
             moved = rank[j] < (k * step).view(-1, 1, 1, 1)  # [c, 1, H, W]: pixels deleted / inserted after k steps
             x = torch.where(moved, end[j], start[j])
             probs[s0:s0 + j.shape[0]] = clf(x).softmax(-1).gather(1, classes[j, None])[:, 0]
-            report(kind, s0 + j.shape[0], b * (n + 1))
+            update(kind, s0 + j.shape[0], b * (n + 1))
     probs = probs.view(b, n + 1)
     return Curve(kind, probs, auc(probs), classes)
 

@@ -6,7 +6,7 @@ import torch
 
 from featvis import _progress
 from featvis._registry import Count
-from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
+from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare_inputs, score_fn
 from featvis.attribution.integrated import make_baseline
 from featvis.errors import FeatvisError
 from featvis.models.classifier import frozen
@@ -26,7 +26,7 @@ def occlusion(clf, images: torch.Tensor, target=None, *, window: Count = 16, str
     Returns:
         [B, H, W]; positive where covering the pixel lowers the score.
     """
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     b, _, h, w = images.shape
     if not 1 <= window <= min(h, w) or stride < 1:
         raise FeatvisError(f"occlusion window {window} / stride {stride} do not fit a {h}×{w} image")
@@ -52,7 +52,7 @@ def occlusion(clf, images: torch.Tensor, target=None, *, window: Count = 16, str
                 m = masks[start:start + chunk]
                 x = images[j:j + 1] * (1 - m) + fill[j:j + 1] * m
                 drops.append(base_scores[j] - fn(clf(x), targets[j].repeat(m.shape[0])))
-                _progress.report("occlusion windows", j * masks.shape[0] + start + m.shape[0], b * masks.shape[0])
+                _progress.update("occlusion windows", j * masks.shape[0] + start + m.shape[0], b * masks.shape[0])
             d = torch.cat(drops)
             out[j] = (d.view(-1, 1, 1) * masks[:, 0]).sum(0) / coverage.clamp_min(1)
     return out

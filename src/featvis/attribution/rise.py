@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from featvis._ops import Seed, _single, random_draw
-from featvis._progress import report
+from featvis._progress import update
 from featvis._registry import Count, Fraction
-from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
+from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare_inputs, score_fn
 from featvis.errors import FeatvisError
 from featvis.models.classifier import frozen
 
@@ -63,7 +63,7 @@ def rise(clf, images: torch.Tensor, target=None, *, masks: Count = MASKS, cells:
     Example:
         >>> sal = rise(clf, x, "tabby", masks=2000, seed=[11, 12])
     """
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     if masks < 1 or cells < 1 or not 0 < keep <= 1:
         raise FeatvisError(f"rise needs masks >= 1, cells >= 1 and 0 < keep <= 1; got {masks}, {cells}, {keep}")
     fn = score_fn(score)
@@ -82,5 +82,5 @@ def rise(clf, images: torch.Tensor, target=None, *, masks: Count = MASKS, cells:
             x = (images[:, None] * m + fill * (1 - m)).flatten(0, 1)  # [B·n, 3, H, W]
             s = fn(clf(x), targets.repeat_interleave(n)).view(b, n)
             sal += (s.to(images.dtype)[:, :, None, None] * m[:, :, 0]).sum(1)
-            report("rise", start + n, masks)
+            update("rise", start + n, masks)
     return sal / (masks * keep)

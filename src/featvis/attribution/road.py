@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from featvis._ops import Seed, random_draw
-from featvis._progress import report
+from featvis._progress import update
 from featvis.attribution._base import default_chunk
 from featvis.errors import FeatvisError
 from featvis.images import check_images
@@ -206,5 +206,5 @@ def road(clf, images: torch.Tensor, maps: torch.Tensor, *, targets: torch.Tensor
             out = torch.cat([clf(flat[i:i + chunk]).softmax(-1).gather(1, cls[i:i + chunk, None])[:, 0]
                              for i in range(0, flat.shape[0], chunk)])
             probs[sl] = out.view(-1, 2 * nf)
-            report("road", sl.stop, b)
+            update("road", sl.stop, b)
     return RoadResult(tuple(fractions), probs[:, :nf], probs[:, nf:], classes)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from featvis._ops import Seed, random_draw
-from featvis._progress import report
+from featvis._progress import update
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, score_fn
 from featvis.errors import FeatvisError
 from featvis.models.classifier import frozen
@@ -57,7 +57,7 @@ def max_sensitivity(clf, images: torch.Tensor, maps: torch.Tensor, targets: torc
         expl = []
         for k in range(samples):
             expl.append(fn(clf, perturbed[:, k], targets, **opts))
-            report("max-sensitivity", k + 1, samples)
+            update("max-sensitivity", k + 1, samples)
         expl_t = torch.stack(expl, 1)  # [B, n, H, W]
     else:
         expl_t = fn(clf, perturbed.flatten(0, 1), targets.repeat_interleave(samples), **opts)

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from featvis._ops import gaussian_blur
-from featvis._progress import report
+from featvis._progress import update
 from featvis._types import Result
-from featvis.attribution._base import ATTRIBUTIONS, prepare
+from featvis.attribution._base import ATTRIBUTIONS, prepare_inputs
 from featvis.attribution.complexity import ENTROPY_BINS, entropy
 from featvis.layers import list_layers, root
 
@@ -116,7 +116,7 @@ def sanity_check(clf, images: torch.Tensor, target=None, *, method: str = "gradi
         A `SanityResult`; `.flagged` says whether the method fails the check.
     """
     fn = ATTRIBUTIONS.get(method)
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     original = fn(clf, images, targets, **options)
     order = list(reversed(units(clf)))
     sp_abs, sp_signed, ss, indep = [], [], [], []
@@ -152,7 +152,7 @@ def randomization_similarity(clf, images: torch.Tensor, maps: torch.Tensor, targ
     for i in range(steps):
         new = fn(randomize(clf, order[: i + 1], seed), images, targets, **dict(options or {}))
         sims.append(spearman(maps.abs(), new.abs()))
-        report("randomization", i + 1, steps)
+        update("randomization", i + 1, steps)
     return torch.stack(sims).mean(0)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from featvis._ops import Seed, random_draw
 from featvis._registry import Count
-from featvis.attribution._base import ATTRIBUTIONS, default_chunk, input_gradients, prepare, reduce_channels
+from featvis.attribution._base import ATTRIBUTIONS, default_chunk, input_gradients, prepare_inputs, reduce_channels
 
 NOISE = 0.15  # σ as a fraction of each image's value range: the paper finds 10–20 % best
 
@@ -31,7 +31,7 @@ def noisy_gradients(clf, images: torch.Tensor, targets: torch.Tensor, *, samples
 def _smooth(kind: str):
     def method(clf, images: torch.Tensor, target=None, *, samples: Count = 25, noise: float = NOISE, seed: Seed = 0,
                score: str = "logit", reduce: str = "max-abs", batch_size: int | None = None) -> torch.Tensor:
-        images, targets = prepare(clf, images, target)
+        images, targets = prepare_inputs(clf, images, target)
         grads = noisy_gradients(clf, images, targets, samples=samples, noise=noise, seed=seed, score=score,
                                 batch_size=batch_size)
         if kind == "smoothgrad":

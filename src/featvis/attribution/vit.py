@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from featvis._registry import Range
-from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare, score_fn
+from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare_inputs, score_fn
 from featvis.errors import FeatvisError
 from featvis.images import check_images
 from featvis.layers import TokenLayout, capture_attention, to_spatial, token_layout
@@ -145,7 +145,7 @@ def chefer(clf, images: torch.Tensor, target=None, *, score: str = "logit",
     Example:
         >>> maps = chefer(clf, x, "tabby")
     """
-    images, targets = prepare(clf, images, target)
+    images, targets = prepare_inputs(clf, images, target)
     fn = score_fn(score)
     out = []
     chunk = batch_size or default_chunk(clf, images)

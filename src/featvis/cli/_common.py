@@ -248,7 +248,7 @@ def load_classifier(model: str, device: str, weights: Path | None = None, trust:
     return load_model(model, device=pick_device(device), weights=weights, trust_checkpoint=trust, **overrides)
 
 
-def make_executor(shared: dict[str, Any]):
+def executor_from(shared: dict[str, Any]):
     """The executor the shared options name, with the options it takes (its constructor's parameters); an option
     given for an executor that does not take it is a one-line error."""
     from featvis.tasks.executors import EXECUTORS, executor_options
@@ -298,7 +298,7 @@ class Context:
         return dataset
 
     def executor(self):
-        return make_executor(self.shared)
+        return executor_from(self.shared)
 
 
 def run_command(task, inputs: list[str] | None, shared: dict[str, Any], data: dict[str, Any]) -> int:

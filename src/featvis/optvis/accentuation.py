@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from featvis._progress import report
+from featvis._progress import update
 from featvis._types import Result
 from featvis.errors import FeatvisError
 from featvis.layers import capture, default_layer, find_layer, forward_until, layer_label
@@ -191,7 +191,7 @@ def accentuate(clf, images: torch.Tensor, layer: str | None, channel: int | str 
                 p.grad = g
             opt.step()
             opt.zero_grad(set_to_none=True)
-        report("accentuate", step + 1, steps)
+        update("accentuate", step + 1, steps)
     seconds = time.perf_counter() - t0
     with frozen(clf), torch.no_grad():
         final = param().detach()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featvis._progress import report
+from featvis._progress import update
 from featvis._types import Result
 from featvis.errors import FeatvisError
 from featvis.layers import capture, find_layer, forward_until, token_layout
@@ -202,7 +202,7 @@ def render_steps(clf, objective: Objective, *, param: nn.Module | None = None, s
                 for p in params:
                     p.grad = None
         state = StepState(step, images.detach(), scores.detach(), transparency)
-        report("render", step, steps, preview=state.images)
+        update("render", step, steps, preview=state.images)
         yield state
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from featvis.attribution.evaluation import applicable_methods, split_options
 from featvis.errors import FeatvisError
 from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, param, register
-from featvis.tasks.saliency import resolve_targets
+from featvis.tasks.saliency import batch_targets
 
 CURVE_POINTS = 33  # deletion/insertion curves are stored resampled to this many points (the AUCs are exact)
 EXAMPLES = 4  # images in the example-maps strip of the report
@@ -75,7 +75,7 @@ class EvaluateTask(ClassTarget, Task):
 
         methods = self.methods(clf)
         per_method, per_group = split_options(methods, self.params.options)
-        targets = resolve_targets(clf, batch.images, self.params.target, batch.labels)
+        targets = batch_targets(clf, batch.images, self.params.target, batch.labels)
         records = evaluate_batch(clf, batch.images, targets, methods, self.params.metrics, seed=batch.seeds,
                                  method_options=per_method, metric_options=per_group)
         outputs = []

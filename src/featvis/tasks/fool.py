@@ -75,7 +75,7 @@ def _reporter(total: int | None):
     from featvis import _progress
 
     def callback(step: int, active: int) -> None:
-        _progress.report("attack step", step, total or step)
+        _progress.update("attack step", step, total or step)
 
     return callback
 
@@ -316,7 +316,7 @@ class RobustnessTask(ClassTarget, Task):
         p = self.params
         res = robustness(clf, batch.images, attack_targets(p.target, batch), eps=list(p.eps), method=p.method,
                          norm=p.norm, seed=batch.seeds,
-                         callback=lambda i, left: _progress.report("budgets", i, len(p.eps)), **p.options)
+                         callback=lambda i, left: _progress.update("budgets", i, len(p.eps)), **p.options)
         outputs = []
         for i, (item, rec) in enumerate(zip(batch.items, res.records(), strict=True)):
             arts = {}

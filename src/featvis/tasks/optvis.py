@@ -49,7 +49,7 @@ def check_preset(preset: str, options: Mapping[str, Any]) -> tuple[str, dict[str
 def _progress_callback(steps: int | None):
     from featvis import _progress
 
-    return lambda state: _progress.report("render step", state.step, steps or state.step, preview=state.images,
+    return lambda state: _progress.update("render step", state.step, steps or state.step, preview=state.images,
                                           score=float(state.scores[0]))  # the web page shows it beside the step
 
 

@@ -54,7 +54,7 @@ def method_options(method: str, options: Mapping[str, Any], seeds: list[int], sc
     return out
 
 
-def resolve_targets(clf, images: torch.Tensor, target, labels: list[int | None]) -> torch.Tensor:
+def batch_targets(clf, images: torch.Tensor, target, labels: list[int | None]) -> torch.Tensor:
     """Class indices [B]: None → the predicted class, "true" → each item's label, else one class for all."""
     from featvis.attribution import resolve_targets as resolve
 
@@ -115,12 +115,12 @@ class SaliencyTask(ClassTarget, Task):
 
         p = self.params
         x = batch.images
-        targets = resolve_targets(clf, x, p.target, batch.labels)
+        targets = batch_targets(clf, x, p.target, batch.labels)
         with torch.no_grad(), frozen(clf):
             probs = clf(x).softmax(-1)
         maps, seconds = {}, {}
         for i, name in enumerate(p.methods):
-            _progress.report(f"map: {name}", i, len(p.methods))
+            _progress.update(f"map: {name}", i, len(p.methods))
             t0 = time.perf_counter()
             maps[name] = ATTRIBUTIONS.get(name)(clf, x, targets, **method_options(name, p.options, batch.seeds,
                                                                                   p.score))
@@ -131,7 +131,7 @@ class SaliencyTask(ClassTarget, Task):
             names = [*p.methods, RANDOM]
             group = GROUPS.get("curves")
             for i, name in enumerate(names):
-                _progress.report(f"deletion/insertion: {name}", i, len(names))
+                _progress.update(f"deletion/insertion: {name}", i, len(names))
                 m = random_maps(x, batch.seeds) if name == RANDOM else maps[name]
                 curves[name] = group(Context(clf, x, targets, m, None, {}, batch.seeds, {"pixels_per_step": pps}))
         outputs = []
@@ -271,10 +271,10 @@ class SanityTask(ClassTarget, Task):
         from featvis.attribution.sanity import sanity_check
 
         p = self.params
-        targets = resolve_targets(clf, batch.images, p.target, batch.labels)
+        targets = batch_targets(clf, batch.images, p.target, batch.labels)
         results = {}
         for i, name in enumerate(p.methods):
-            _progress.report(f"randomization: {name}", i, len(p.methods))
+            _progress.update(f"randomization: {name}", i, len(p.methods))
             opts = method_options(name, p.options, batch.seeds, "logit")
             opts.pop("score", None)
             results[name] = sanity_check(clf, batch.images, targets, method=name, independent=p.independent,
