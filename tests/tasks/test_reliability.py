@@ -193,6 +193,7 @@ def looped(photos, tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["folder", "glob", "imagefolder"])
 def test_a_symlink_loop_among_the_inputs_is_one_skipped_line_not_a_traceback(tiny, looped, form, capsys):
     """22.2: a folder holding `ln -s loop.png loop.png` ended in a ~30-line ELOOP traceback, in all three forms."""
@@ -214,6 +215,7 @@ def test_a_symlink_loop_given_by_name_is_one_line(looped, capsys):
     assert err.count("\n") == 1 and "symbolic link loop" in err
 
 
+@pytest.mark.slow
 def test_a_5000_character_name_on_the_command_line_or_in_a_list_is_one_line(tmp_path):
     """22.2: `OSError: [Errno 36] File name too long` with a traceback, from the command line and from a .txt list."""
     long = "a" * 5000 + ".jpg"
@@ -341,3 +343,17 @@ def test_a_resume_under_other_numerics_is_refused(clf, tmp_path, monkeypatch):
                 run_task(task, [photo], tmp_path, clf=clf)
     again = run_task(task, [photo], tmp_path, clf=clf)  # the same numerics resume
     assert again.manifest["counts"]["skipped"] == 1
+
+
+def test_the_images_per_call_chunk_is_a_declared_and_recorded_option(tmp_path, capsys, monkeypatch):
+    """Issue 23: FEATVIS_MAX_CHUNK was the only way to set the images per model call from the CLI, and not recorded;
+    `--max-chunk` sets it, the manifest records it, and a resume with another value is refused."""
+    monkeypatch.setenv("FEATVIS_MAX_CHUNK", "32")  # recorded, so the value main() sets is undone after the test
+    monkeypatch.delenv("FEATVIS_MAX_CHUNK")
+    photo = str(fv.samples.path("coffee"))
+    argv = ["saliency", photo, "--method", "gradient", "--no-figures", "-o", str(tmp_path), "--quiet"]
+    assert main([*argv, "--max-chunk", "4"]) == 0
+    assert json.loads((tmp_path / "manifest.json").read_text())["numerics"]["max_chunk"] == 4
+    monkeypatch.delenv("FEATVIS_MAX_CHUNK", raising=False)
+    assert main([*argv, "--max-chunk", "8"]) == 2
+    assert "other parameters" in capsys.readouterr().err

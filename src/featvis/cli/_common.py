@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -83,6 +84,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Start over in an output folder that holds another run.")]
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Items per batch (default: the task's).", metavar="N")]
+MaxChunkOpt = Annotated[int | None, typer.Option(min=1, help="Most images per model call inside a method (default "
+                                                 "32, less when memory is short; FEATVIS_MAX_CHUNK); recorded in the "
+                                                 "manifest, and a resume with another value is refused.",
+                                                 metavar="N")]
 SeedOpt = Annotated[int, typer.Option(help="The run's seed; each item's own seed derives from it and the item.",
                                       metavar="N")]
 OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-O", help="A method/attack/preset option "
@@ -165,6 +170,7 @@ def _shared(output: str | None, batch: int | None) -> list[inspect.Parameter]:
         _param("address", AddressOpt, None), _param("workers", WorkersOpt, None),
         _param("cpus_per_worker", CpusOpt, 1.0), _param("gpus_per_worker", GpusOpt, 0.0),
         _param("json", JsonOpt, False), _param("quiet", QuietOpt, False), _param("overwrite", OverwriteOpt, False),
+        _param("max_chunk", MaxChunkOpt, None),
     ]
 
 
@@ -175,7 +181,7 @@ def _dataset() -> list[inspect.Parameter]:
 
 SHARED = ("model", "weights", "trust_checkpoint", "mean", "std", "labels", "input_size", "output", "option", "seed",
           "batch_size", "device", "executor", "address", "workers", "cpus_per_worker", "gpus_per_worker", "json",
-          "quiet", "overwrite")
+          "quiet", "overwrite", "max_chunk")
 DATASET = ("imagefolder", "limit", "shuffle", "shard")
 
 
@@ -275,6 +281,10 @@ class Context:
     shared: dict[str, Any]
     data: dict[str, Any]
     _clf: Any = None
+
+    def __post_init__(self) -> None:
+        if self.shared.get("max_chunk") is not None:  # read by the methods' chunking and recorded by the runner
+            os.environ["FEATVIS_MAX_CHUNK"] = str(self.shared["max_chunk"])
 
     @property
     def clf(self):
