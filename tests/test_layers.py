@@ -82,6 +82,7 @@ def test_real_model_gradient_at_head_is_exact(clf, photos):
     torch.testing.assert_close(cap.grad(), expected, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_no_hooks_or_memory_left_after_many_calls():
     net = TinyConvNet().eval()
     x = torch.rand(4, 3, 16, 16)
@@ -197,3 +198,46 @@ def test_one_layer_name_is_shown_everywhere(clf):
     clash.add_module("blocks", nn.Identity())
     clash.add_module("_blocks", nn.Identity())
     assert layer_label(clash, "_blocks") == "_blocks" and layer_label(clash, "blocks") == "blocks"
+
+
+def _copies(clf):
+    from featvis.models import fast
+
+    return [e.net for e in fast._CACHE.get(clf.net, {}).values() if e.net is not None and e.net is not clf.net]
+
+
+def test_capture_on_the_fast_copy_records_once_and_leaves_no_hooks_after_an_error(clf, photos):
+    """Issue 23: capture runs on the fast copy; its hooks (on the copy's modules for each forward, on the user's
+    for the block) are all gone afterwards, also after an exception, and each layer call is recorded once."""
+    x = F.interpolate(photos["chelsea"], size=64, mode="bilinear", antialias=True)
+    with torch.no_grad():
+        clf(x)
+    with pytest.raises(ZeroDivisionError), capture(clf, ["blocks.3", "_swish"], grads=True) as cap:
+        xx = x.clone().requires_grad_(True)
+        torch.autograd.grad(clf(xx)[0, 281], xx)
+        _ = 1 / 0
+    assert len(cap.calls["_blocks.3"]) == 1 and len(cap.calls["_swish"]) == 2  # the stem's and the head's ReLU6
+    assert len(cap.grad_calls["_blocks.3"]) == 1 and cap.grad("_blocks.3").is_contiguous()
+    assert _copies(clf) and all(_hooks(c) == 0 for c in _copies(clf)) and _hooks(clf.net) == 0
+    with pytest.raises(fv.FeatvisError), capture(clf, "blocks.3"):
+        forward_until(clf, x, "nope")
+    assert _hooks(clf.net) == 0
+
+
+def test_forward_until_on_the_fast_copy_gives_gradients_to_the_image(clf, photos):
+    """A layer objective differentiates forward_until's output: on the copy, the gradient reaches the pixels in
+    their layout and matches the user's network's (mean relative 1e-3, the fast path's tolerance)."""
+    x = F.interpolate(photos["coffee"], size=96, mode="bilinear", antialias=True)
+
+    def grad():
+        xx = x.clone().requires_grad_(True)
+        acts = forward_until(clf, xx, "blocks.4")
+        return torch.autograd.grad(acts[:, 5].mean(), xx)[0]
+
+    got = grad()
+    clf.fast = False
+    try:
+        want = grad()
+    finally:
+        clf.fast = True
+    assert got.is_contiguous() and float((got - want).abs().sum() / want.abs().sum()) <= 1e-3

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from featvis.errors import FeatvisError
 from featvis.models.fast import FastOptions, fast_logits, user_logits
+from featvis.models.freeze import frozen  # also importable from here, where it lived before (issue 23)
 from featvis.models.labels import Labels, imagenet_labels
 from featvis.models.source import ModelSource
 
@@ -76,7 +76,7 @@ class Classifier(nn.Module):
         self.source: ModelSource | None = None
         self._weights_hash: str | None = None
         # Run a fast inference copy of `net` (BatchNorm folded, channels-last) when nothing can tell the difference;
-        # False: always the user's network. A `FastOptions` opts into more (models/fast.py, issue 17).
+        # False: always the user's network. A `FastOptions` opts into more (models/fast/, issue 17).
         self.fast: bool | FastOptions = True
         self.eval()
 
@@ -185,23 +185,3 @@ def _nonfinite_logits(clf: Classifier, logits: torch.Tensor) -> FeatvisError:
                  "weights?): check its activations with torch.isfinite")
     return FeatvisError(f"model {clf.name!r} produced non-finite logits (NaN or inf) for {rows} of {len(logits)} "
                         f"images; {cause}")
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients for the duration; both restored on exit, even after errors.
-
-    Parameters that don't require grad make autograd skip weight gradients and save less for backward.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)

@@ -92,9 +92,8 @@ class ExamplesTask(Task):
         self._channels(clf)
 
     def run(self, clf, batch: Batch) -> list[Output]:
-        from featvis.layers import to_spatial
+        from featvis.layers import TapStop, tap, to_spatial
         from featvis.models.classifier import frozen
-        from featvis.models.fast import TapStop, tap
 
         name, chans, _ = self._channels(clf)
         predicted = None
