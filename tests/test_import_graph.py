@@ -104,3 +104,40 @@ def test_models_never_import_layers():
 if __name__ == "__main__":
     for circle in circles(graph()):
         print(" ↔ ".join(circle))
+
+
+# The layers of the package, lowest first (README "Extending it"): a module may import its own layer or lower ones.
+LAYERS = (
+    ("base", ("featvis.errors", "featvis._io", "featvis._json", "featvis._registry", "featvis._ops",
+              "featvis._alloc", "featvis._progress", "featvis._types", "featvis.images", "featvis.data",
+              "featvis.samples", "featvis.models", "featvis.layers")),
+    ("algorithms", ("featvis.attribution", "featvis.adversarial", "featvis.optvis")),
+    ("figures", ("featvis.figures",)),
+    ("tasks", ("featvis.tasks",)),
+    ("report", ("featvis.report",)),
+    ("recipes", ("featvis.recipes",)),
+    ("front ends", ("featvis.cli", "featvis.web")),
+)
+# The one door up (DESIGN.md): a result draws itself in Jupyter through featvis.figures.draw, imported when drawn.
+ALLOWED_UP = {("featvis._types", "featvis.figures")}
+
+
+def rank(module: str) -> int | None:
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None  # the package itself (featvis, featvis.__main__): above everything
+
+
+def test_no_import_circle_anywhere_in_the_package():
+    assert circles(graph()) == []
+
+
+def test_no_module_imports_a_layer_above_it():
+    edges = graph()
+    assert sorted(m for m in edges if rank(m) is None) == ["featvis", "featvis.__main__"]  # every module has a layer
+    assert "featvis.figures" in edges["featvis.tasks.saliency"]  # the graph sees deferred imports too
+    upward = sorted((m, d) for m, deps in edges.items() for d in deps
+                    if rank(m) is not None and rank(d) is not None and rank(d) > rank(m)
+                    and (m, d) not in ALLOWED_UP)
+    assert upward == []
