@@ -143,12 +143,13 @@ def main() -> None:
     medians = {name: {c: 1e3 * statistics.median(ts) for c, ts in per.items()} for name, per in times.items()}
     out = {"what": __doc__.split("\n\n")[0], "machine": machine(), "load_avg": loads, "repeats": args.repeats,
            "inner": args.inner, "images": len(images), "size": 224, "median_ms": medians,
-           "ratios": _ratios(medians, args.configs, len(images))}
+           "ratios": _ratios(medians, args.configs, len(images)),
+           "paired_ratios": _paired(times, args.configs, len(images))}
     if "before" in args.configs and "after" in args.configs:
         out["gradcam_maps_after_vs_before"] = _map_difference(clf, images)
     out["fast_status"] = {k: v for k, v in fv.models.fast.status(clf).items() if k != "options"}
     path = save("layers_fast" + (f"-{args.label}" if args.label else ""), out)
-    print(json.dumps({k: out[k] for k in ("median_ms", "ratios")}, indent=1))
+    print(json.dumps({k: out[k] for k in ("median_ms", "paired_ratios")}, indent=1))
     print(f"wrote {path}", file=sys.stderr)
 
 
@@ -164,6 +165,24 @@ def _ratios(medians: dict, configs: list[str], batch: int) -> dict:
     if "before" in configs and "after" in configs:
         for name, per in medians.items():
             ratios[f"before / after: {name}"] = per["before"] / per["after"]
+    return ratios
+
+
+def _paired(times: dict, configs: list[str], batch: int) -> dict:
+    """The same ratios, taken within each round (the calls ran back to back) and then the median over rounds: less
+    moved by a machine whose load drifts during the run than a ratio of medians."""
+    def median_ratio(a: list[float], b: list[float]) -> float:
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+    ratios = {}
+    if "after" in configs:
+        for tag in ("b1", f"b{batch}"):
+            for layer in LAYERS:
+                ratios[f"full-fast / until-{layer} (after) /{tag}"] = median_ratio(
+                    times[f"full/{tag}"]["after"], times[f"until-{layer}/{tag}"]["after"])
+    if "before" in configs and "after" in configs:
+        for name, per in times.items():
+            ratios[f"before / after: {name}"] = median_ratio(per["before"], per["after"])
     return ratios
 
 
