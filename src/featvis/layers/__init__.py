@@ -11,7 +11,7 @@ Modules: `lookup` (names, labels, `find_layer`), `hooks` (`capture`, `tap`), `fo
 
 from featvis.layers.attention import AttentionCapture, capture_attention, is_attention
 from featvis.layers.forward import forward_until
-from featvis.layers.hooks import Call, Capture, TapStop, capture, tap, trace_calls
+from featvis.layers.hooks import Call, Capture, capture, tap, trace_calls
 from featvis.layers.listing import LayerInfo, default_layer, list_layers
 from featvis.layers.lookup import find_layer, layer_label, root
 from featvis.layers.swap import swapped_forward
@@ -23,7 +23,6 @@ __all__ = [
     "Call",
     "Capture",
     "LayerInfo",
-    "TapStop",
     "TokenLayout",
     "capture",
     "capture_attention",

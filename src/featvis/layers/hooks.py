@@ -37,11 +37,6 @@ class _Stop(BaseException):
         self.owner = owner
 
 
-class TapStop(BaseException):
-    """Deprecated and never raised: `tap(..., stop=True)` ends its own forward (issue 23). Kept only so that old
-    `contextlib.suppress(TapStop)` lines still import; drop them."""
-
-
 @contextlib.contextmanager
 def hooked(model: nn.Module, found: Sequence[tuple[str, nn.Module]], make_hook: Callable[[str], Hook]
            ) -> Iterator[None]:

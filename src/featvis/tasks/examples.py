@@ -9,7 +9,6 @@ flat, a resumed run merges what it has, and Ray workers each write their batches
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import zipfile
@@ -92,15 +91,14 @@ class ExamplesTask(Task):
         self._channels(clf)
 
     def run(self, clf, batch: Batch) -> list[Output]:
-        from featvis.layers import TapStop, tap, to_spatial
+        from featvis.layers import tap, to_spatial
         from featvis.models.classifier import frozen
 
         name, chans, _ = self._channels(clf)
         predicted = None
-        # One forward on the fast path (a capture hook would turn it off): the whole model for the predicted classes,
-        # else stopped right after the layer.
-        with torch.no_grad(), frozen(clf), tap(clf, name, stop=not self.params.classes) as seen, \
-                contextlib.suppress(TapStop):
+        # One forward on the fast path: the whole model for the predicted classes, else stopped right after the
+        # layer (tap ends the block there; `predicted` stays None).
+        with torch.no_grad(), frozen(clf), tap(clf, name, stop=not self.params.classes) as seen:
             predicted = clf(batch.images).argmax(-1)
         if not seen:
             raise FeatvisError(f"layer {name} did not run in the forward pass; pick a layer the model uses")
