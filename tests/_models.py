@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+
+
+def noise_photos(folder: Path, count: int) -> Path:
+    """`count` seeded 40x48 noise PNGs (p0.png, p1.png, ...) in `folder`: a dataset for tiny-model task tests."""
+    gen = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(gen.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
 
 
 class TinyConvNet(nn.Module):
@@ -108,3 +120,39 @@ class TinyBNNet(nn.Module):
         x = self.act(self.bn1(self.conv1(x)))
         x = self.act(self.bn2(self.conv2(x)))
         return self.fc(self.pool(x).flatten(1))
+
+
+class FileWriter(nn.Module):
+    """A scripted submodule whose compiled __setstate__ maps a file (creating it) and writes into it on load."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.written = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.target = state[0]
+        self.training = state[1]
+        mapped = torch.from_file(state[0], shared=True, size=4, dtype=torch.uint8)
+        mapped.fill_(66)
+        self.written = int(mapped.sum())  # used, so the write is not optimized away
+
+
+class ScriptedNet(nn.Module):
+    """`torch.jit.script(ScriptedNet(target))`: TorchScript that creates `target` when its archive loads."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.payload = FileWriter(target)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.payload(x).mean((2, 3)))

@@ -6,6 +6,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 
+@pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
 @pytest.mark.slow
 def test_example_notebook_runs_top_to_bottom():
     path = Path(__file__).parents[1] / "examples" / "quickstart.ipynb"

@@ -31,6 +31,7 @@ def test_render_refuses_negative_steps_and_an_empty_batch(clf):
         fv.render(clf, obj, size=32, steps=1, batch=0)
 
 
+@pytest.mark.slow
 def test_a_target_the_model_already_predicts_is_said_not_hidden_in_a_success(clf, photos):
     x = photos["chelsea"]  # the model calls it a tiger cat
     with pytest.warns(FeatvisWarning, match="already classified as their target .*tiger cat"):

@@ -7,7 +7,11 @@ from featvis.adversarial.pgd import project
 
 from _models import LinearNet, TinyConvNet
 
-captum_robust = pytest.importorskip("captum.robust")
+
+@pytest.fixture(scope="module")
+def captum_robust():
+    """Captum's attacks, for the tests that compare with them; the rest run without Captum."""
+    return pytest.importorskip("captum.robust")
 
 TARGETS = {"stingray": 6, "gorilla": 366, "pizza": 963}
 
@@ -17,6 +21,7 @@ def six(photos):
     return torch.cat([photos[n] for n in fv.samples.names()])
 
 
+@pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
 @pytest.mark.slow
 def test_ascent_fools_every_photo_imperceptibly_and_saved_pngs_still_fool(clf, six, tmp_path):
     """The issue's bar on the bundled photos × (stingray, gorilla, pizza): 100 % after 8-bit rounding,
@@ -77,7 +82,7 @@ def test_ascent_cap_holds_after_rounding_for_off_grid_images(clf, six):
         fool(clf, x, "random", method="ascent", eps=0.5 / 255)
 
 
-def test_fgsm_matches_captum(clf, six):
+def test_fgsm_matches_captum(clf, six, captum_robust):
     x = six[:2]
     eps = 4 / 255
     res = fool(clf, x, None, method="fgsm", eps=eps)
@@ -90,7 +95,7 @@ def test_fgsm_matches_captum(clf, six):
     assert ((fv.quantize(ref) - x).abs().max() - eps).abs() < 1 / 255
 
 
-def test_pgd_step_matches_captum(clf, six):
+def test_pgd_step_matches_captum(clf, six, captum_robust):
     """One PGD step (gradient, sign step, projection, bounds) equals Captum's. Over several steps float
     rounding differences in near-zero gradients flip signs and the two trajectories drift apart chaotically,
     so multi-step exactness is checked against the float64 reference below instead."""
@@ -150,6 +155,7 @@ def test_project_is_exact():
     assert project(x, orig, 0.1, "l2").norm() == pytest.approx(0.1, rel=1e-5)
 
 
+@pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
 @pytest.mark.slow
 def test_cw_needs_less_l2_than_pgd_l2_at_equal_success(clf, six):
     x = six[:3]
@@ -166,6 +172,7 @@ def test_random_targets_are_seeded_and_never_the_prediction(clf, six):
     assert torch.equal(a.targets, b.targets) and (a.targets != a.original_classes).all()
 
 
+@pytest.mark.slow
 def test_transfer_and_records(clf, six):
     res = fool(clf, six[:2], "stingray", method="ascent", check_model=clf)
     rows = res.records()
@@ -239,6 +246,8 @@ def test_deepfool_on_a_linear_model_reaches_the_nearest_boundary():
     assert (res.l2 >= dist - 1e-9).all() and (res.l2 <= 1.1 * dist + quant).all(), (res.l2, dist)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
 def test_deepfool_finds_small_untargeted_changes_on_photos(clf, six):
     res = fool(clf, six, None, method="deepfool")
     pgd = fool(clf, six, None, method="pgd", norm="l2", eps=1.0, steps=10)  # early stop: it stops when fooled too

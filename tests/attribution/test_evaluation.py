@@ -24,7 +24,11 @@ from featvis.attribution.sanity import efficient_mprt, randomization_similarity
 from _models import TinyConvNet
 from _reference import road_impute_reference
 
-captum_metrics = pytest.importorskip("captum.metrics")
+
+@pytest.fixture(scope="module")
+def captum_metrics():
+    """Captum's metrics, for the tests that compare with them; the rest run without Captum."""
+    return pytest.importorskip("captum.metrics")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +106,7 @@ def test_gini_on_known_vectors():
 # --- robustness metrics against Captum ---------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_max_sensitivity_matches_captum(clf, small):
+def test_max_sensitivity_matches_captum(clf, small, captum_metrics):
     targets = torch.tensor([281, 967])
     maps = saliency(clf, small, targets)
     ours = max_sensitivity(clf, small, maps, targets, "gradient", radius=0.03, samples=3, seed=[5, 6])
@@ -131,7 +135,7 @@ def test_max_sensitivity_of_a_randomized_method_keeps_its_own_draws(tiny):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("normalize", [True, False])
-def test_infidelity_matches_captum(clf, small, normalize):
+def test_infidelity_matches_captum(clf, small, normalize, captum_metrics):
     targets = torch.tensor([281, 967])
     maps = saliency(clf, small, targets, method="gradcam")
     ours = infidelity(clf, small, maps, targets, samples=4, normalize=normalize, seed=[1, 2])

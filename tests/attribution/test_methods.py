@@ -8,7 +8,11 @@ from featvis.attribution import ATTRIBUTIONS, saliency
 from _models import LinearNet, TinyConvNet
 from _reference import finite_difference_saliency
 
-captum = pytest.importorskip("captum.attr")
+
+@pytest.fixture(scope="module")
+def captum():
+    """Captum, for the tests that compare with it; the exact-answer tests run without it."""
+    return pytest.importorskip("captum.attr")
 
 
 @pytest.fixture(autouse=True)
@@ -50,24 +54,25 @@ def test_gradient_matches_finite_differences():
     torch.testing.assert_close(ours, fd, rtol=1e-4, atol=1e-7)
 
 
-def test_gradient_agrees_with_captum_saliency(clf, batch):
+def test_gradient_agrees_with_captum_saliency(clf, batch, captum):
     ref = captum.Saliency(clf).attribute(batch, target=TARGETS, abs=True).amax(1)
     torch.testing.assert_close(saliency(clf, batch, TARGETS), ref, rtol=1e-4, atol=1e-6)
 
 
-def test_log_prob_score_matches_captum_on_log_softmax(clf, batch):
+def test_log_prob_score_matches_captum_on_log_softmax(clf, batch, captum):
     ref = captum.Saliency(lambda z: clf(z).log_softmax(-1)).attribute(batch, target=TARGETS, abs=False)
     ours = saliency(clf, batch, TARGETS, score="log-prob", reduce="none")
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
 
 
-def test_input_x_gradient_agrees_with_captum(clf, batch):
+def test_input_x_gradient_agrees_with_captum(clf, batch, captum):
     ref = captum.InputXGradient(clf).attribute(batch, target=TARGETS)
     torch.testing.assert_close(saliency(clf, batch, TARGETS, method="input-x-gradient", reduce="none"), ref,
                                rtol=1e-4, atol=1e-6)
 
 
-def test_integrated_gradients_agree_with_captum(clf, batch):
+@pytest.mark.slow
+def test_integrated_gradients_agree_with_captum(clf, batch, captum):
     x = batch[:1]
     ref = captum.IntegratedGradients(clf).attribute(x, baselines=torch.zeros_like(x), target=281, n_steps=16,
                                                      method="gausslegendre")
@@ -80,6 +85,8 @@ def test_integrated_gradients_agree_with_captum(clf, batch):
     torch.testing.assert_close(ours_t * 7 / 8, ref_t, rtol=1e-3, atol=5e-4)
 
 
+@pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
+@pytest.mark.slow
 def test_integrated_gradients_completeness_improves_with_steps(clf, photos):
     fn = ATTRIBUTIONS.get("integrated-gradients")
     x = photos["coffee"]
@@ -93,7 +100,8 @@ def test_integrated_gradients_completeness_improves_with_steps(clf, photos):
     assert errors[2] / gap < 0.05, (errors, gap)  # the paper's 5 % rule, reached at 128 steps on Lite0
 
 
-def test_smoothgrad_agrees_with_captum_on_the_same_noise(clf, batch):
+@pytest.mark.slow
+def test_smoothgrad_agrees_with_captum_on_the_same_noise(clf, batch, captum):
     from featvis.attribution.smoothgrad import noisy_gradients
 
     x = batch[:1]
@@ -108,6 +116,7 @@ def test_smoothgrad_agrees_with_captum_on_the_same_noise(clf, batch):
     assert noisy_gradients  # the helper the method uses is public for reuse
 
 
+@pytest.mark.slow
 def test_smoothgrad_sigma_to_zero_is_the_gradient_and_seed_is_deterministic(clf, batch):
     g = saliency(clf, batch, TARGETS)
     s0 = saliency(clf, batch, TARGETS, method="smoothgrad", samples=2, noise=0.0)
@@ -117,7 +126,7 @@ def test_smoothgrad_sigma_to_zero_is_the_gradient_and_seed_is_deterministic(clf,
     assert torch.equal(a, b)
 
 
-def test_gradcam_agrees_with_captum(clf, batch):
+def test_gradcam_agrees_with_captum(clf, batch, captum):
     layer = clf.net._bn1
     ref = captum.LayerGradCam(clf, layer).attribute(batch, target=TARGETS, relu_attributions=True)
     ref = captum.LayerAttribution.interpolate(ref, (224, 224), interpolate_mode="bilinear")[:, 0]
@@ -138,7 +147,7 @@ class _ReluNet(nn.Module):
         return self.f(x)
 
 
-def test_guided_backprop_agrees_with_captum():
+def test_guided_backprop_agrees_with_captum(captum):
     clf = fv.Classifier.wrap(_ReluNet(), labels=list("abcd"), input_size=16)
     x = torch.rand(2, 3, 16, 16)
     ref = captum.GuidedBackprop(clf).attribute(x, target=[1, 3])
@@ -176,7 +185,7 @@ def test_guided_backprop_on_real_model_matches_reference(clf, photos):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-7)
 
 
-def test_occlusion_agrees_with_captum(clf, photos):
+def test_occlusion_agrees_with_captum(clf, photos, captum):
     x = torch.nn.functional.interpolate(photos["coffee"], size=64, mode="bilinear", antialias=True)
     base = clf.mean.expand_as(x)
     ref = captum.Occlusion(clf).attribute(x, sliding_window_shapes=(3, 16, 16), strides=(3, 16, 16),

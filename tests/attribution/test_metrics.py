@@ -11,6 +11,7 @@ def test_auc_is_the_normalized_trapezoid():
     torch.testing.assert_close(metrics.auc(probs), torch.tensor([0.5, 0.2]))
 
 
+@pytest.mark.slow
 def test_curve_endpoints_match_direct_evaluation(clf, photos):
     x = photos["coffee"]
     maps = saliency(clf, x, None)
@@ -25,6 +26,7 @@ def test_curve_endpoints_match_direct_evaluation(clf, photos):
     torch.testing.assert_close(ins.probs[0, [0, -1]], torch.stack([p_blur, p_orig]))
 
 
+@pytest.mark.slow
 def test_deletion_of_most_salient_pixels_beats_random(clf, photos):
     x = torch.cat([photos["chelsea"], photos["coffee"], photos["grace_hopper"]])
     pps = 224 * 8
@@ -43,6 +45,8 @@ def test_spearman_and_ssim_known_values():
     assert (ssim(a, torch.rand(2, 16, 16)) < 0.3).all()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
 def test_sanity_randomizes_a_copy_and_separates_gradient_from_guided_backprop(clf, photos):
     x = photos["chelsea"]
     before = clf.weights_hash

@@ -24,6 +24,7 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"featvis {fv.__version__}"
 
 
+@pytest.mark.slow
 def test_classify_bundled_photos_json(capsys):
     paths = [str(fv.samples.path(n)) for n in ("chelsea", "coffee", "grace_hopper")]
     code, out, _ = run(capsys, "classify", *paths, "--json", "-k", "3", "--device", "cpu")
@@ -68,6 +69,7 @@ def test_bad_file_in_batch_is_skipped_not_fatal(capsys, tmp_path):
     assert data["failed"][0]["input"].endswith("b.jpg") and "not an image" in data["failed"][0]["error"]
 
 
+@pytest.mark.slow
 def test_interrupted_batch_resumes_without_redoing(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -6,6 +6,8 @@ import pytest
 import featvis as fv
 from featvis.cli import main
 
+pytestmark = pytest.mark.slow  # every test here runs an attack on the real model
+
 
 def test_fool_command_writes_pngs_that_still_fool(capsys, tmp_path, clf):
     imgs = [str(fv.samples.path(n)) for n in ("chelsea", "coffee")]

@@ -1,10 +1,14 @@
 import json
 
+import pytest
 from PIL import Image
 
 from featvis.cli import main
 
+pytestmark = pytest.mark.slow  # every test here optimizes images on the real model
 
+
+@pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
 def test_classvis_writes_images_grid_scores_and_resumes(capsys, tmp_path):
     args = ["classvis", "tarantula", "963", "--preset", "lab", "--steps", "80", "--size", "96", "-o", str(tmp_path),
             "--json", "--batch-size", "1"]

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -9,6 +10,7 @@ from featvis.attribution import saliency
 from featvis.cli import main
 
 
+@pytest.mark.slow
 def test_saliency_command_writes_maps_figures_metrics_and_manifest(capsys, tmp_path, clf):
     img = str(fv.samples.path("coffee"))
     code = main(["saliency", img, "--method", "gradient,gradcam", "-o", str(tmp_path), "--metrics",
@@ -52,6 +54,8 @@ def test_saliency_target_by_name_and_unknown_method(capsys, tmp_path):
     assert code == 2 and "closest names" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
 def test_sanity_command(capsys, tmp_path):
     img = str(fv.samples.path("chelsea"))
     code = main(["sanity", img, "--method", "gradient,guided-backprop", "-o", str(tmp_path), "--no-independent",

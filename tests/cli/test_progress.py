@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import featvis as fv
 from featvis.cli._progress_view import ProgressView, duration
 from featvis.tasks.runner import Event
@@ -42,6 +44,7 @@ def test_the_view_moves_inside_a_batch_once_it_knows_a_batchs_stages(monkeypatch
     assert lines[-1].startswith("saliency: done, 12 items in")
 
 
+@pytest.mark.slow
 def test_a_log_gets_progress_lines_not_silence(tmp_path):
     """stderr to a file: the start, lines every FEATVIS_PROGRESS_EVERY seconds, and the end with its time."""
     env = {**os.environ, "FEATVIS_PROGRESS_EVERY": "0", "FEATVIS_FAST": "0"}

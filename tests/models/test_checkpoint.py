@@ -5,12 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 import featvis as fv
 from featvis.models import load_checkpoint
 
-from _models import PickledNet, TinyConvNet
+from _models import PickledNet, ScriptedNet, TinyConvNet
 
 
 def test_torchscript_file_loads_and_predicts(tmp_path):
@@ -87,44 +86,10 @@ def test_bad_files(tmp_path, content, match):
         load_checkpoint(bad_st)
 
 
-class _FileWriter(nn.Module):
-    """A scripted submodule whose compiled __setstate__ maps a file (creating it) and writes into it on load."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__()
-        self.target = target
-        self.written = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.target, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.target = state[0]
-        self.training = state[1]
-        mapped = torch.from_file(state[0], shared=True, size=4, dtype=torch.uint8)
-        mapped.fill_(66)
-        self.written = int(mapped.sum())  # used, so the write is not optimized away
-
-
-class _ScriptedNet(nn.Module):
-    def __init__(self, target: str) -> None:
-        super().__init__()
-        self.payload = _FileWriter(target)
-        self.fc = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.payload(x).mean((2, 3)))
-
-
 def test_torchscript_runs_code_so_it_needs_trust(tmp_path):
     target = tmp_path / "WRITTEN_AT_LOAD"
     path = tmp_path / "ts.pt"
-    torch.jit.script(_ScriptedNet(str(target))).save(str(path))
+    torch.jit.script(ScriptedNet(str(target))).save(str(path))
     assert not target.exists()
     for load in (lambda: load_checkpoint(path), lambda: fv.load_model(str(path), labels=["x", "y"], input_size=16),
                  lambda: fv.load_model("efficientnet-lite0", weights=path)):

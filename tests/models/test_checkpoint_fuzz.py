@@ -30,6 +30,8 @@ import featvis as fv
 from featvis.errors import display_path
 from featvis.models import load_checkpoint
 
+from _models import ScriptedNet
+
 SEED = 22  # the issue's number; any seed must pass
 MUTANTS_PER_BASE = 32  # 11 bases x 32 mutants + 32 random + 37 others: 421 files, a second or two
 SENTINEL = "RAN_AT_LOAD"  # what a payload creates in the working directory if its code runs
@@ -40,37 +42,6 @@ class _Opener:
 
     def __reduce__(self):
         return (open, (SENTINEL, "w"))
-
-
-class _Writer(nn.Module):
-    """TorchScript whose compiled __setstate__ creates SENTINEL (maps and writes it) when the archive loads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.target = SENTINEL
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.target, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.target = state[0]
-        self.training = state[1]
-        torch.from_file(state[0], shared=True, size=1, dtype=torch.uint8).fill_(1)
-
-
-class _Scripted(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.payload = _Writer()
-        self.fc = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.payload(x).mean((2, 3)))
 
 
 def _tiny_state() -> dict[str, torch.Tensor]:
@@ -90,7 +61,7 @@ def _bases() -> dict[str, tuple[bytes, str, bool]]:
     """name: (bytes, suffix, benign) — benign ones may also be loaded trusted (their code, if any, is harmless)."""
     sd = _tiny_state()
     ts, plain_ts = io.BytesIO(), io.BytesIO()
-    torch.jit.save(torch.jit.script(_Scripted()), ts)
+    torch.jit.save(torch.jit.script(ScriptedNet(SENTINEL)), ts)
     torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())), plain_ts)
     return {
         "zip": (_saved(sd), ".pt", True),

@@ -5,7 +5,7 @@ import torch
 
 import featvis as fv
 from featvis.adversarial import ATTACKS
-from featvis.adversarial._base import prepare, resolve_attack_targets
+from featvis.adversarial._base import attack_inputs, resolve_attack_targets
 from featvis.adversarial.result import finish
 from featvis.models.classifier import frozen
 
@@ -20,7 +20,7 @@ def sign_step(clf, images: torch.Tensor, target=None, *, eps: float = 8 / 255, s
     Args:
         eps: the step (and L∞ budget) in [0, 1] pixel units.
     """
-    x = prepare(clf, images)
+    x = attack_inputs(clf, images)
     _, original, probs = resolve_attack_targets(clf, x, None, seed)
     inp = x.clone().requires_grad_(True)
     with frozen(clf):

@@ -8,6 +8,8 @@ from PIL import Image
 
 from featvis.cli import main
 
+pytestmark = pytest.mark.slow  # the module's fixture runs `featvis demo --quick`
+
 
 class _Page(HTMLParser):
     def __init__(self):

@@ -14,9 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import featvis as fv
 from featvis.cli import main
@@ -25,7 +23,7 @@ from featvis.errors import FeatvisError, FeatvisWarning
 from featvis.tasks import ClassifyTask, ExamplesTask, SaliencyTask, run_task
 from featvis.tasks.executors import LocalExecutor
 
-from _models import TinyConvNet
+from _models import TinyConvNet, noise_photos
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +33,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    gen = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(gen.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
-    return folder
+    return noise_photos(tmp_path_factory.mktemp("photos"), 4)
 
 
 def leftovers(folder: Path) -> list[Path]:

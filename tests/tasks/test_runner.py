@@ -17,7 +17,7 @@ from featvis.data import Dataset
 from featvis.tasks import FoolTask, SaliencyTask, read_run, run_task
 from featvis.tasks.results import SCHEMA
 
-from _models import TinyConvNet
+from _models import TinyConvNet, noise_photos
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +27,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    gen = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(gen.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
-    return folder
+    return noise_photos(tmp_path_factory.mktemp("photos"), 6)
 
 
 def tasks():
@@ -50,6 +46,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", tasks(), ids=lambda t: t.name)
 def test_resumed_run_equals_uninterrupted_byte_for_byte(tiny, photos, tmp_path, task):
     whole = run_task(task, [photos], tmp_path / "whole", clf=tiny, batch_size=2, seed=3)
@@ -74,6 +71,7 @@ def test_resumed_run_equals_uninterrupted_byte_for_byte(tiny, photos, tmp_path, 
     assert strip(resumed.items) == strip(whole.items)
 
 
+@pytest.mark.slow
 def test_item_seeds_come_from_identity_not_position(tiny, photos, tmp_path):
     task = FoolTask(method="pgd", target="random", options={"steps": 1})
     a = run_task(task, [photos], tmp_path / "a", clf=tiny, batch_size=6, seed=1)
@@ -105,6 +103,7 @@ def test_validation_happens_before_anything_is_written(tiny, photos, tmp_path):
     run_task(FoolTask(method="deepfool", target=None, options={"steps": 2}), [photos], tmp_path / "x", clf=tiny)
 
 
+@pytest.mark.slow
 def test_other_parameters_are_refused_unless_overwrite(tiny, photos, tmp_path):
     run_task(SaliencyTask(), [photos], tmp_path, clf=tiny)
     with pytest.raises(fv.FeatvisError, match="other parameters.*--overwrite"):
@@ -141,6 +140,7 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tiny, p
     assert seen == [True]
 
 
+@pytest.mark.slow
 def test_stage_events_report_progress_inside_a_batch(tiny, photos, tmp_path):
     events = []
     run_task(SaliencyTask(methods=("gradient", "occlusion"), metrics=True, metric_steps=4,
@@ -198,6 +198,7 @@ def test_non_utf8_file_names_run(tiny, photos, tmp_path):
     json.dumps(run.items)  # printable, encodable
 
 
+@pytest.mark.slow
 def test_classvis_and_features_are_unit_tasks_that_resume(tmp_path, clf):
     from featvis.tasks import ClassvisTask, FeaturesTask
 

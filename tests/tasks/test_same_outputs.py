@@ -170,6 +170,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.timeout(1200)  # the module's runs (every command once) are set up in the first case
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RUN_ROOT_COMMANDS))
 def test_outputs_are_unchanged(runs, name):

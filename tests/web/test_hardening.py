@@ -57,6 +57,7 @@ def flood_during_visualize(c, steps: int = 24) -> tuple[dict, list[int], list[in
     return job, codes, tops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(3))
 def test_classify_flood_during_a_visualize_job(clf, round_):
     """Before: 4 of 4 jobs failed ("element 0 of tensors does not require grad") and classify answered 500

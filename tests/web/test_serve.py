@@ -52,6 +52,7 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+@pytest.mark.slow
 def test_serve_beyond_loopback_generates_a_token_and_enforces_it():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "featvis.cli", "serve", "--host", "0.0.0.0", "--port", str(port),
