@@ -47,3 +47,15 @@ def test_feature_visualization_of_a_linear_layer_raises_its_unit():
 def test_feature_visualization_of_the_real_classifier_layer(clf):
     res = fv.feature_visualization(clf, "_fc", 281, steps=2, size=64, preset="pixel")  # features --layer _fc
     assert res.images.shape == (1, 3, 64, 64) and torch.isfinite(res.scores).all()
+
+
+def test_direction_takes_one_row_per_image_and_repeats_it_per_view():
+    acts = torch.randn(6, 5, 2, 2)  # 3 images x 2 views, view-major
+    bank = torch.randn(3, 5)
+    ctx = obj.Context(images=torch.rand(6, 3, 8, 8), acts={"fc": acts}, views=2)
+    want = (acts * bank.repeat(2, 1)[:, :, None, None]).sum(1).mean((1, 2))
+    torch.testing.assert_close(obj.direction("fc", bank)(ctx), want)
+    for i in range(3):  # each image's value is that of its own row alone
+        torch.testing.assert_close(obj.direction("fc", bank[i])(ctx)[[i, i + 3]], want[[i, i + 3]])
+    with pytest.raises(fv.FeatvisError, match=r"4 directions for a batch of 6; give one, or one per image"):
+        obj.direction("fc", torch.randn(4, 5))(ctx)

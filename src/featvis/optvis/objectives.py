@@ -157,14 +157,25 @@ def layer(name: str) -> Objective:
 
 
 def direction(layer_name: str, vector: torch.Tensor) -> Objective:
-    """Activation along a direction in channel space, averaged over positions (Lucid's `direction`)."""
+    """Activation along a direction in channel space, averaged over positions (Lucid's `direction`).
+
+    `vector` is one direction [C] for every image, or one per image [B, C] (a concept bank: image i climbs row i).
+    """
 
     def fn(c: Context) -> torch.Tensor:
         a = _unit_maps(c.act(layer_name), layer_name)
-        v = torch.as_tensor(vector, dtype=a.dtype, device=a.device).flatten()
-        if v.numel() != a.shape[1]:
-            raise FeatvisError(f"direction has {v.numel()} entries; layer {layer_name!r} has {a.shape[1]} channels")
-        return (a * v.view(1, -1, 1, 1)).sum(1).mean((1, 2))
+        v = torch.as_tensor(vector, dtype=a.dtype, device=a.device)
+        rows = v.reshape(-1, v.shape[-1]) if v.dim() == 2 else v.flatten()[None]
+        if rows.shape[-1] != a.shape[1]:
+            raise FeatvisError(f"direction has {rows.shape[-1]} entries; layer {layer_name!r} has {a.shape[1]} "
+                               "channels")
+        if rows.shape[0] > 1:  # one per image; views are laid out view-major, as in _per_image
+            if rows.shape[0] * c.views == a.shape[0]:
+                rows = rows.repeat(c.views, 1)
+            elif rows.shape[0] != a.shape[0]:
+                raise FeatvisError(f"{rows.shape[0]} directions for a batch of {a.shape[0]}; give one, or one per "
+                                   "image")
+        return (a * rows[:, :, None, None]).sum(1).mean((1, 2))
 
     return Objective(fn, (layer_name,), f"direction({layer_name})")
 
