@@ -195,7 +195,12 @@ def test_adapter_exact(built: Built):
     cam = (grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True)
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     ours = fv.saliency(clf, x, target, method="gradcam", relu=False)
-    torch.testing.assert_close(ours, cam, rtol=1e-3, atol=1e-5 * float(cam.abs().amax()))
+    # Grad-CAM runs on the fast copy (BatchNorm folded, issue 23) and `cam` on the user's network: float32 rounding
+    # of the folding moves pixels by up to ~1e-5 of the map's maximum (measured: at most 1.06e-5 on resnet50, mean
+    # 8.6e-6 on resnet50, 5.2e-6 on mobilenet_v3_large, 2.2e-6 on efficientnet_b0); a wrong map is off by far more
+    peak = float(cam.abs().amax())
+    torch.testing.assert_close(ours, cam, rtol=1e-3, atol=5e-5 * peak)
+    assert float((ours - cam).abs().mean()) <= 2e-5 * peak
     assert float(cam.abs().amax()) > 0  # a ViT's CAM layer is before the last attention: patch gradients exist
 
 
