@@ -108,10 +108,10 @@ if __name__ == "__main__":
 
 # The layers of the package, lowest first (README "Extending it"): a module may import its own layer or lower ones.
 LAYERS = (
-    ("base", ("featvis.errors", "featvis._io", "featvis._json", "featvis._registry", "featvis._ops",
+    ("base", ("featvis.errors", "featvis._io", "featvis._json", "featvis._registry", "featvis._ops", "featvis._stats",
               "featvis._alloc", "featvis._progress", "featvis._types", "featvis.images", "featvis.data",
               "featvis.samples", "featvis.models", "featvis.layers")),
-    ("algorithms", ("featvis.attribution", "featvis.adversarial", "featvis.optvis")),
+    ("algorithms", ("featvis.attribution", "featvis.adversarial", "featvis.optvis", "featvis.concepts")),
     ("figures", ("featvis.figures",)),
     ("tasks", ("featvis.tasks",)),
     ("report", ("featvis.report",)),

@@ -11,12 +11,11 @@ from typing import Any
 
 import torch
 
+from featvis._stats import CONFIDENCE, RESAMPLES, bootstrap_interval
 from featvis.attribution.metric import METRICS
 from featvis.errors import FeatvisError
 
 RANDOM = "random"  # the pseudo-method of the uniform-random map (featvis.attribution.evaluation)
-RESAMPLES = 2000
-CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -63,19 +62,6 @@ class Leaderboard:
                                                          "protocol": METRICS.get(m).protocol}
                                                      for m in self.metrics},
                 "entries": [asdict(e) for e in self.entries]}
-
-
-def bootstrap_interval(values: torch.Tensor, *, resamples: int = RESAMPLES, confidence: float = CONFIDENCE,
-                       generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean of `values` [n] (float64)."""
-    n = values.shape[0]
-    if n == 0:
-        return math.nan, math.nan
-    idx = torch.randint(0, n, (resamples, n), generator=generator)
-    means = values.double()[idx].mean(1)
-    tail = (1 - confidence) / 2
-    q = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64))
-    return float(q[0]), float(q[1])
 
 
 def summarize(records: Sequence[Mapping[str, Any]], *, seed: int = 0, resamples: int = RESAMPLES,

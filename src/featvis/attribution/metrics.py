@@ -16,6 +16,7 @@ import torch
 
 from featvis._ops import Seed, gaussian_blur, random_draw
 from featvis._progress import update
+from featvis._stats import auc
 from featvis.attribution._base import default_chunk
 from featvis.errors import FeatvisError
 from featvis.images import check_images
@@ -32,12 +33,6 @@ class Curve:
     probs: torch.Tensor  # [B, steps + 1], from the start image to the fully deleted/inserted one
     auc: torch.Tensor  # [B], in [0, 1]
     classes: torch.Tensor  # [B], the originally predicted classes
-
-
-def auc(probs: torch.Tensor) -> torch.Tensor:
-    """Trapezoid area under curves [B, n+1] on x in [0, 1]."""
-    n = probs.shape[-1] - 1
-    return (probs.sum(-1) - (probs[..., 0] + probs[..., -1]) / 2) / n
 
 
 def substrate(clf, images: torch.Tensor, kind: str) -> torch.Tensor:

@@ -4,14 +4,14 @@
 cannot import this package). Every hook lives inside a `with` block and is removed in `finally`. A Classifier's
 forward runs on its fast copy wherever the copy leaves the hooked layer's output unchanged (issue 23).
 
-Modules: `lookup` (names, labels, `find_layer`), `hooks` (`capture`, `tap`), `forward` (`forward_until`),
-`listing` (`list_layers`, `default_layer`), `tokens` (transformer token layouts), `attention`
+Modules: `lookup` (names, labels, `find_layer`), `hooks` (`capture`, `tap`, `replace_output`), `forward`
+(`forward_until`), `listing` (`list_layers`, `default_layer`), `tokens` (transformer token layouts), `attention`
 (`capture_attention`), `swap` (`swapped_forward`).
 """
 
 from featvis.layers.attention import AttentionCapture, capture_attention, is_attention
 from featvis.layers.forward import forward_until
-from featvis.layers.hooks import Call, Capture, capture, tap, trace_calls
+from featvis.layers.hooks import Call, Capture, capture, replace_output, tap, trace_calls
 from featvis.layers.listing import LayerInfo, default_layer, list_layers
 from featvis.layers.lookup import find_layer, layer_label, root
 from featvis.layers.swap import swapped_forward
@@ -32,6 +32,7 @@ __all__ = [
     "is_attention",
     "layer_label",
     "list_layers",
+    "replace_output",
     "root",
     "swapped_forward",
     "tap",

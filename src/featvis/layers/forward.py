@@ -15,13 +15,14 @@ from featvis.models.fast.serving import first_tensor
 from featvis.models.freeze import frozen
 
 
-def forward_until(model: nn.Module, images: torch.Tensor, layers: str | Sequence[str]):
+def forward_until(model: nn.Module, images: torch.Tensor, layers: str | Sequence[str], *, call: int = 0):
     """Run `model` on `images` only until the named layer(s) have produced output, then stop.
 
     Later layers never run, so an objective on an early layer costs a fraction of a full forward. A Classifier
     runs on its fast copy where that leaves the layers' outputs unchanged (`featvis.models.fast`). A module called
-    several times stops the pass at its first call. The model runs in eval mode with its parameters frozen (both
-    restored after): a train-mode pass would move its BatchNorm statistics.
+    several times gives its output of call number `call` (0, the default: its first) and the pass stops there. The
+    model runs in eval mode with its parameters frozen (both restored after): a train-mode pass would move its
+    BatchNorm statistics.
 
     Returns:
         The activation ([B, C, H, W] for spatial or token outputs), or a dict of them for a list of names.
@@ -29,13 +30,16 @@ def forward_until(model: nn.Module, images: torch.Tensor, layers: str | Sequence
     names = [layers] if isinstance(layers, str) else list(layers)
     found = [find_layer(model, n) for n in names]
     acts: dict[str, torch.Tensor] = {}
+    calls = dict.fromkeys((n for n, _ in found), 0)
     token = object()
 
     def make_hook(name: str) -> Hook:
         def hook(_module, _inputs, output):
             out = first_tensor(output)
             if out is not None and name not in acts:
-                acts[name] = out
+                calls[name] += 1
+                if calls[name] > call:
+                    acts[name] = out
             if len(acts) == len(found):
                 raise _Stop(token)
 
@@ -49,7 +53,8 @@ def forward_until(model: nn.Module, images: torch.Tensor, layers: str | Sequence
             raise
     missing = [n for n, _ in found if n not in acts]
     if missing:
-        raise FeatvisError(f"layer(s) {missing} did not run in the forward pass; pick layers the model uses")
+        runs = f" {call + 1} times" if call else ""
+        raise FeatvisError(f"layer(s) {missing} did not run{runs} in the forward pass; pick layers the model uses")
     layout = token_layout(model)
     if isinstance(layers, str):
         return to_spatial(acts[found[0][0]], layout)

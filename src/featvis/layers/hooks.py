@@ -1,4 +1,5 @@
-"""Layer hooks: `capture` records layers' activations (and gradients), `tap` one layer's detached outputs.
+"""Layer hooks: `capture` records layers' activations (and gradients), `tap` one layer's detached outputs,
+`replace_output` puts given activations in place of a layer's output.
 
 This is where featvis makes hooks. Every hook lives inside a `with` block and is removed in `finally`. Gradients
 are captured with *tensor* hooks set from a forward hook — never module backward hooks, which break on in-place
@@ -197,6 +198,37 @@ def tap(model: nn.Module, layer: str, *, stop: bool = False) -> Iterator[list[to
     except _Stop as e:
         if e.owner is not token:
             raise
+
+
+@contextlib.contextmanager
+def replace_output(model: nn.Module, layer: str, value: torch.Tensor, *, call: int = 0) -> Iterator[None]:
+    """While the block runs, call number `call` of the layer `layer` (0: its first, counted from the start of the
+    block) returns `value` instead of its own output, so the layers after it compute from `value`: the rest of a
+    network from a layer's activation, for any network (CRAFT's h where no graph of the tail can be traced). Other
+    calls are untouched; run one forward per block. `value` must have the shape of the layer's output there.
+
+    Example (the logits from given activations of blocks.8, on an input of the right batch size):
+        >>> with replace_output(clf, "blocks.8", acts):
+        ...     logits = clf(torch.zeros(len(acts), 3, 224, 224))
+    """
+    found = [find_layer(model, layer)]
+    seen = [0]
+
+    def make_hook(_name: str) -> Hook:
+        def hook(_module, _inputs, output):
+            out = first_tensor(output)
+            seen[0] += 1
+            if out is None or seen[0] != call + 1:
+                return None
+            if out.shape != value.shape:
+                raise FeatvisError(f"replacement for layer {layer!r} has shape {tuple(value.shape)}; the layer "
+                                   f"gives {tuple(out.shape)} here: pass activations of that shape")
+            return with_first(output, value.to(out.dtype))
+
+        return hook
+
+    with hooked(model, found, make_hook):
+        yield
 
 
 def trace_calls(model: nn.Module, images: torch.Tensor, types: tuple[type, ...] = (nn.Module,)
