@@ -7,10 +7,13 @@ Example:
     >>> clf.predict(x, k=5)
 """
 
-from featvis import samples
+from types import ModuleType as _ModuleType
+
+from featvis import concepts, samples
 from featvis._alloc import tune_allocator
 from featvis.adversarial import FoolingResult, RobustnessResult, fool, robustness
 from featvis.attribution import explain, saliency
+from featvis.concepts import tcav
 from featvis.data import Dataset
 from featvis.errors import FeatvisError
 from featvis.images import load_image, load_images, quantize, save_image
@@ -25,9 +28,21 @@ from featvis.optvis import (
     render,
 )
 from featvis.recipes import EvaluationResult, dataset_examples, evaluate
+from featvis.recipes.concepts import concepts as _concepts_recipe
 from featvis.tasks import read_run, run_task
 
 __version__ = "0.1.0"
+
+
+class _ConceptsPackage(_ModuleType):
+    """`featvis.concepts` is the algorithms' package (`fv.concepts.split_at`, `fv.concepts.fit_concepts`, ...)
+    and, called, the dataset recipe: `fv.concepts(clf, "photos/", "out/")` (`featvis.recipes.concepts.concepts`)."""
+
+    def __call__(self, *args, **kwargs):
+        return _concepts_recipe(*args, **kwargs)
+
+
+concepts.__class__ = _ConceptsPackage
 
 __all__ = [
     "AccentuationResult",
@@ -44,6 +59,7 @@ __all__ = [
     "available_models",
     "capture",
     "class_visualization",
+    "concepts",
     "dataset_examples",
     "default_layer",
     "evaluate",
@@ -66,5 +82,6 @@ __all__ = [
     "saliency",
     "samples",
     "save_image",
+    "tcav",
     "tune_allocator",
 ]

@@ -63,6 +63,11 @@ def item_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def class_key(index: int, name: str) -> str:
+    """A class's item key: `0281-tabby_cat` (index first, so keys sort as the classes do; safe as a file name)."""
+    return f"{index:04d}-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name.replace(" ", "_"))
+
+
 def shard_of(key: str, shards: int) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:8], "big") % shards
 
@@ -179,6 +184,23 @@ class Dataset:
         """Items that are not images: (key, value) pairs such as classes or channels."""
         items = tuple(Item(key, value=value) for key, value in units)
         return cls(items, {"units": what, "count": len(items)})
+
+    def by_class(self, labels=None) -> Dataset:
+        """One item per true class, keyed `0281-tabby_cat`, whose value is {"class": index, "images": [paths]}
+        (sorted, so the item and its seed do not depend on the order files were found). Unlabelled images are left
+        out; no labelled image at all is an error naming what to do."""
+        groups: dict[int, list[str]] = {}
+        for it in self.items:
+            if it.label is not None and it.path is not None:
+                groups.setdefault(int(it.label), []).append(it.path)
+        if not groups:
+            raise FeatvisError("the inputs have no labelled images: give an ImageFolder (one sub-folder per class, "
+                               "named as the model names it; --imagefolder on the command line) or a .csv list "
+                               "with a label column")
+        units = [(class_key(c, labels[c] if labels is not None else str(c)), {"class": c, "images": sorted(paths)})
+                 for c, paths in sorted(groups.items())]
+        return Dataset(tuple(Item(key, value=value, label=value["class"]) for key, value in units),
+                       {**self.spec, "units": "classes", "count": len(units)})
 
     def select(self, *, limit: int | None = None, shuffle: bool = False, seed: int = 0,
                shard: tuple[int, int] | None = None) -> Dataset:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from featvis.cli import core, demo, fool, optvis, saliency  # noqa: F401  (registers the commands)
+from featvis.cli import concepts, core, demo, fool, optvis, saliency  # noqa: F401  (registers the commands)
 from featvis.cli._common import app, say
 from featvis.errors import FeatvisError, FeatvisWarning
 

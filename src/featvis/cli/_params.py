@@ -1,8 +1,9 @@
 """CLI options made from a task's parameters: every field of its Params dataclass declared with `param(...)` (help,
 flag, bounds next to the field) becomes an option with the field's own default, so a command restates nothing.
 
-Text from the command line is turned into the field's value here: comma lists for tuples (`--method a,b`), the
-words a field allows beside a list (`--channel all`), integers where an `int | str` field reads one (`--channel 5`).
+Text from the command line is turned into the field's value here: comma lists or repeated options for tuples
+(`--method a,b`, `--concept a=DIR --concept b=DIR`), the words a field allows beside a list (`--channel all`),
+integers where an `int | str` field reads one (`--channel 5`).
 The Params' own `__post_init__` then checks the value, as it does for the Python API and the web.
 """
 
@@ -33,6 +34,9 @@ def _is_tuple(tp: Any) -> bool:
     return typing.get_origin(tp) is tuple
 
 
+REPEATABLE = list[str] | None  # a tuple field: a comma list, the option repeated, or both
+
+
 def _cli_type(tp: Any, doc: FieldDoc) -> tuple[Any, Converter]:
     """(the type typer parses, a converter from it to the field's value)."""
     parts = _parts(tp)
@@ -41,6 +45,8 @@ def _cli_type(tp: Any, doc: FieldDoc) -> tuple[Any, Converter]:
         item = (typing.get_args(tuples[0]) or (str,))[0]
 
         def to_tuple(text: Any) -> Any:
+            if isinstance(text, (list, tuple)):  # the option repeated (`--concept a=DIR --concept b=DIR`)
+                text = ",".join(str(t) for t in text) if text else None
             if text is None or not isinstance(text, str):
                 return text
             if text.strip() in doc.words:
@@ -48,7 +54,7 @@ def _cli_type(tp: Any, doc: FieldDoc) -> tuple[Any, Converter]:
             values = tuple(v.strip() for v in text.split(",") if v.strip())
             return tuple(_number(v) for v in values) if item is int else values
 
-        return str | None, to_tuple
+        return REPEATABLE, to_tuple
     plain = [p for p in parts if p is not type(None)]
     if plain == [bool]:
         return bool, lambda v: v
@@ -101,7 +107,10 @@ def field_parameters(params_cls: type, skip: set[str]) -> tuple[list[inspect.Par
             decls.append(doc.short)
         option = typer.Option(*decls, help=doc.help, metavar=doc.metavar if cli_type is not bool else None,
                               min=doc.low, max=doc.high, show_default=doc.show_default)
+        shown = _shown(default)
+        if cli_type == REPEATABLE:
+            shown = [shown] if shown not in (None, "") else None  # a repeatable option: its default as one entry
         out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[cli_type, option],
-                                     default=_shown(default)))
+                                     default=shown))
         converters[f.name] = convert
     return out, converters

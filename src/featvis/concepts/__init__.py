@@ -37,6 +37,7 @@ from featvis.concepts.sobol import (
     sobol_design,
 )
 from featvis.concepts.split import Split, craft_layer, split_at
+from featvis.concepts.visual import concept_objective
 
 # isort: split
 # --- TCAV (concepts/cav.py, concepts/tcav.py): its names are kept by the TCAV side; add new ones here. ---
@@ -47,6 +48,7 @@ from featvis.concepts.tcav import (
     directional_derivatives,
     layer_gradients,
     tcav,
+    tcav_from_gradients,
     ttest,
 )
 
@@ -67,6 +69,7 @@ __all__ = [
     "concept_importance_per_image",
     "concept_insertion",
     "concept_maps",
+    "concept_objective",
     "craft_layer",
     "directional_derivatives",
     "factorize",
@@ -82,6 +85,7 @@ __all__ = [
     "sobol_design",
     "split_at",
     "tcav",
+    "tcav_from_gradients",
     "transform",
     "ttest",
 ]

@@ -145,7 +145,7 @@ def fit_concepts_streamed(split: Split, chunks: Iterable[torch.Tensor], k: int =
         resized, own, box = random_crops(chunk, size, crops, gen, out=_input_side(split, side))
         for j in range(0, len(resized), batch_size):
             acts, out = split.latent_and_logits(resized[j:j + batch_size])
-            _check_nonnegative(split, acts)
+            check_nonnegative(split, acts)
             pooled.append(acts.float().mean((2, 3)).cpu())  # CRAFT: the crop's activation averaged over space
             logits.append(out.float().cpu())
         box[:, 0] += done
@@ -235,7 +235,7 @@ def factorize(A: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = NMF_MAX
     return U_t, W, float(model.reconstruction_err_) / norm
 
 
-def _check_nonnegative(split: Split, acts: torch.Tensor) -> None:
+def check_nonnegative(split: Split, acts: torch.Tensor) -> None:
     low = float(acts.min())
     if low >= 0:
         return

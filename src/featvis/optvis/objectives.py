@@ -24,6 +24,7 @@ class Context:
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
     clf: object = None
     views: int = 1  # views of each image the model saw this step (images and activations are view-major)
+    seen: torch.Tensor | None = None  # the transformed images the model saw (an objective may run its own pass)
 
     def act(self, layer: str) -> torch.Tensor:
         return self.acts[layer]

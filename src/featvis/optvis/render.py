@@ -67,7 +67,8 @@ def evaluate(clf, objective: Objective, images: torch.Tensor, seen: torch.Tensor
     if seen.shape[0] % b:
         raise FeatvisError(f"the model saw {seen.shape[0]} images for a batch of {b}; transforms must keep the batch")
     views = seen.shape[0] // b
-    ctx = Context(images=images.repeat(views, 1, 1, 1) if views > 1 else images, clf=clf, views=views)
+    ctx = Context(images=images.repeat(views, 1, 1, 1) if views > 1 else images, clf=clf, views=views,
+                  seen=seen)
     layers = [n for n in objective.layers if n != LOGITS]
     canon = {n: find_layer(clf, n)[0] for n in layers}
     if LOGITS in objective.layers:

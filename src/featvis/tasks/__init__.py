@@ -13,6 +13,7 @@ Example:
 from featvis.tasks import ray_executor as _ray  # noqa: F401  (registers the "ray" executor; imports no Ray)
 from featvis.tasks.base import TASKS, Batch, Output, Section, Table, Task, register
 from featvis.tasks.classify import ClassifyTask
+from featvis.tasks.concepts import ConceptsTask
 from featvis.tasks.evaluate import EvaluateTask
 from featvis.tasks.examples import ExamplesTask
 from featvis.tasks.executors import EXECUTORS, Executor
@@ -21,6 +22,7 @@ from featvis.tasks.optvis import AccentuateTask, ClassvisTask, FeaturesTask
 from featvis.tasks.results import SCHEMA, Run, read_run
 from featvis.tasks.runner import Event, run_task
 from featvis.tasks.saliency import SaliencyTask, SanityTask
+from featvis.tasks.tcav import TcavTask
 
 __all__ = [
            "EXECUTORS",
@@ -30,6 +32,7 @@ __all__ = [
            "Batch",
            "ClassifyTask",
            "ClassvisTask",
+           "ConceptsTask",
            "EvaluateTask",
            "Event",
            "ExamplesTask",
@@ -44,6 +47,7 @@ __all__ = [
            "Section",
            "Table",
            "Task",
+           "TcavTask",
            "read_run",
            "register",
            "run_task",

@@ -110,7 +110,8 @@ class Task:
     Class attributes:
         name: the registry name (also the manifest's `task`).
         title: what a person calls it.
-        kind: "images" (inputs are image files) or "units" (the task makes its own items: classes, channels).
+        kind: "images" (inputs are image files), "units" (the task makes its own items: classes, channels) or
+            "classes" (inputs are labelled images, an ImageFolder; one item per class holds its images' paths).
         Params: a frozen dataclass of the task's parameters; `__post_init__` validates what needs no model.
         default_batch: items per batch unless the caller says otherwise.
     """
@@ -158,6 +159,10 @@ class Task:
     def units(self, clf) -> Dataset:
         """The items of a unit task (classes, channels)."""
         raise FeatvisError(f"{self.name} works on images; give input images")
+
+    def units_from(self, data: Dataset, clf) -> Dataset:
+        """The items of a "classes" task from its labelled inputs (default: one item per class, `Dataset.by_class`)."""
+        return data.by_class(clf.labels)
 
     def run(self, clf, batch: Batch) -> list[Output]:
         """Process one batch; one Output per item, in order."""

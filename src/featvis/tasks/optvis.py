@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from featvis._registry import Option
-from featvis.data import Dataset
+from featvis.data import Dataset, class_key
 from featvis.errors import FeatvisError, did_you_mean
 from featvis.layers import layer_label
 from featvis.optvis.render import check_render
@@ -149,8 +149,7 @@ class ClassvisTask(Task):
         self._indices(clf)
 
     def units(self, clf) -> Dataset:
-        safe = lambda n: "".join(c if c.isalnum() or c in "-_" else "_" for c in n.replace(" ", "_"))  # noqa: E731
-        return Dataset.of_units(((f"{i:04d}-{safe(clf.labels[i])}", i) for i in self._indices(clf)), "classes")
+        return Dataset.of_units(((class_key(i, clf.labels[i]), i) for i in self._indices(clf)), "classes")
 
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis.optvis import class_visualization

@@ -135,11 +135,11 @@ def _inputs(task: Task, clf, inputs, *, imagefolder: bool) -> Dataset:
         return task.units(clf)
     if inputs is None:
         raise FeatvisError(f"{task.name} needs input images: files, folders, globs or a .txt/.csv list")
-    if isinstance(inputs, Dataset):
-        return inputs
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    return Dataset.from_inputs(list(inputs), labels=clf.labels, imagefolder=imagefolder)
+    data = inputs if isinstance(inputs, Dataset) else \
+        Dataset.from_inputs(list(inputs), labels=clf.labels, imagefolder=imagefolder or task.kind == "classes")
+    return task.units_from(data, clf) if task.kind == "classes" else data
 
 
 def _chunks(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
@@ -298,7 +298,7 @@ def _finish(task: Task, clf, data: Dataset, folder: Path, manifest: dict, timing
     records, errors, nodes = fmt.read_batches(folder)
     items = [records[it.key] for it in data if it.key in records]
     failed = [errors[it.key] for it in data if it.key in errors]
-    info = {"model": clf.id, "labels": clf.labels, "task": task.name, "clf": clf,
+    info = {"model": clf.id, "labels": clf.labels, "task": task.name, "clf": clf, "seed": manifest.get("seed", 0),
             "read": _read(folder, manifest)}
     t0 = time.perf_counter()
     summary = task.summarize(items, info)
