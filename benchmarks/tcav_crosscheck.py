@@ -32,15 +32,17 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import featvis as fv
-from featvis.concepts.cav import SGD_OPTIONS, fast_cav, layer_activations, linear_cav, random_subsets, split_indices
+from featvis.concepts.cav import fast_cav, layer_activations, linear_cav, random_subsets
 from featvis.concepts.tcav import tcav, ttest
 from featvis.layers import find_layer
 
+from _captum import same_classifier
 from _common import RESULTS, machine, save
 
 TARGET = "tabby"
@@ -97,35 +99,6 @@ def data(clf, args):
                               mode="bicubic", align_corners=False).clamp(0, 1))
     randoms = random_subsets(torch.cat(pool), args.random_sets, args.concept_images, seed=4)
     return class_images, concepts, randoms
-
-
-def same_classifier():
-    """A Captum concept classifier that trains exactly as featvis's linear CAV (split, SGD options, seed)."""
-    from captum.concept._utils.classifier import Classifier
-    from sklearn.linear_model import SGDClassifier
-
-    class Same(Classifier):
-        def __init__(self):
-            self.w, self.ids = None, None
-
-        def train_and_eval(self, dataloader, **kwargs):
-            xs, ys = zip(*dataloader, strict=True)
-            x, y = torch.cat(xs), torch.cat(ys)
-            concept_id, other_id = int(y[0]), int(y[-1])
-            is_concept = (y == concept_id).long()
-            seed = other_id - RANDOM_ID  # featvis: seed + i against random set i (seed 0)
-            train, test = split_indices(int(is_concept.sum()), int((1 - is_concept).sum()), seed)
-            model = SGDClassifier(**SGD_OPTIONS, random_state=seed).fit(x[train].numpy(), is_concept[train].numpy())
-            self.w, self.ids = torch.tensor(model.coef_[0], dtype=torch.float32), [other_id, concept_id]
-            return {"accs": float((model.predict(x[test].numpy()) == is_concept[test].numpy()).mean())}
-
-        def weights(self):
-            return torch.stack([-self.w, self.w])
-
-        def classes(self):
-            return self.ids
-
-    return Same()
 
 
 def run_captum(clf, layer, class_images, concepts, randoms, target, classifier, batch_size):

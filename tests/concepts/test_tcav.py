@@ -6,7 +6,7 @@ from scipy import stats
 from torch import nn
 
 import featvis as fv
-from featvis.concepts.cav import fast_cav, layer_activations, random_subsets, split_indices
+from featvis.concepts.cav import fast_cav, layer_activations, random_subsets
 from featvis.concepts.tcav import (
     directional_derivatives,
     layer_gradients,
@@ -17,6 +17,7 @@ from featvis.concepts.tcav import (
 )
 from featvis.errors import FeatvisError
 
+from _captum import same_classifier
 from _models import TinyConvNet
 
 SIZE = 8
@@ -195,38 +196,6 @@ def test_random_subsets_are_seeded_subsets_of_the_pool():
         random_subsets(pool, 3, 11)
 
 
-def _captum_classifier():
-    """A Captum concept classifier with featvis's linear-CAV settings: the same split, SGD options and seed."""
-    from captum.concept._utils.classifier import Classifier
-    from sklearn.linear_model import SGDClassifier
-
-    from featvis.concepts.cav import SGD_OPTIONS
-
-    class Same(Classifier):
-        def __init__(self):
-            self.w, self.ids = None, None
-
-        def train_and_eval(self, dataloader, **kwargs):
-            xs, ys = zip(*dataloader, strict=True)
-            x, y = torch.cat(xs), torch.cat(ys)
-            concept_id = int(y[0])  # the experimental set's first concept comes first
-            other_id = int(y[-1])
-            is_concept = (y == concept_id).long()
-            seed = other_id - 100  # random set i has id 100 + i; featvis trains its CAV with seed + i, seed 0
-            train, test = split_indices(int(is_concept.sum()), int((1 - is_concept).sum()), seed)
-            model = SGDClassifier(**SGD_OPTIONS, random_state=seed).fit(x[train].numpy(), is_concept[train].numpy())
-            self.w, self.ids = torch.tensor(model.coef_[0], dtype=torch.float32), [other_id, concept_id]
-            return {"accs": float((model.predict(x[test].numpy()) == is_concept[test].numpy()).mean())}
-
-        def weights(self):
-            return torch.stack([-self.w, self.w])
-
-        def classes(self):
-            return self.ids
-
-    return Same()
-
-
 def test_captum_tcav_with_the_same_classifier_gives_the_same_scores(tmp_path):
     pytest.importorskip("captum.concept")
     from captum.concept import TCAV, Concept
@@ -242,7 +211,7 @@ def test_captum_tcav_with_the_same_classifier_gives_the_same_scores(tmp_path):
     theirs_randoms = [Concept(100 + i, f"random-{i}", DataLoader(x, batch_size=4)) for i, x in enumerate(randoms)]
     sets = [[c, r] for c in theirs_concepts.values() for r in theirs_randoms]
     sets += [[theirs_randoms[0], r] for r in theirs_randoms[1:]]
-    captum = TCAV(clf, ["net.conv2"], classifier=_captum_classifier(), save_path=str(tmp_path))
+    captum = TCAV(clf, ["net.conv2"], classifier=same_classifier(), save_path=str(tmp_path))
     scores = captum.interpret(inputs, sets, target=2)
     for name, concept in theirs_concepts.items():
         got = [float(scores[f"{concept.id}-{r.id}"]["net.conv2"]["sign_count"][0]) for r in theirs_randoms]

@@ -57,5 +57,5 @@ def test_direction_takes_one_row_per_image_and_repeats_it_per_view():
     torch.testing.assert_close(obj.direction("fc", bank)(ctx), want)
     for i in range(3):  # each image's value is that of its own row alone
         torch.testing.assert_close(obj.direction("fc", bank[i])(ctx)[[i, i + 3]], want[[i, i + 3]])
-    with pytest.raises(fv.FeatvisError, match=r"4 directions for a batch of 6; give one, or one per image"):
+    with pytest.raises(fv.FeatvisError, match=r"4 directions for a batch of 3; give one, or one per image"):
         obj.direction("fc", torch.randn(4, 5))(ctx)

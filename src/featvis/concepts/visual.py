@@ -21,7 +21,7 @@ def concept_objective(split: Split, concepts: Concepts | torch.Tensor):
     Example:
         >>> res = fv.optvis.visualize(clf, concept_objective(split, bank), batch=bank.k, steps=256)
     """
-    from featvis.optvis.objectives import Context, Objective
+    from featvis.optvis.objectives import Context, Objective, along
 
     W = concepts.W if isinstance(concepts, Concepts) else torch.as_tensor(concepts)
     if W.ndim != 2:
@@ -32,16 +32,9 @@ def concept_objective(split: Split, concepts: Concepts | torch.Tensor):
         if c.seen is None:
             raise FeatvisError("concept objectives need the images the model saw (featvis.optvis.render passes them)")
         a = split.latent(c.seen)
-        if a.ndim != 4 or a.shape[1] != rows.shape[1]:
-            raise FeatvisError(f"the bank has {rows.shape[1]} channels; layer {split.label!r} gives "
-                               f"{list(a.shape[1:])}: fit the bank at this split")
-        r = rows.to(a.device, a.dtype)
-        if r.shape[0] > 1:
-            if r.shape[0] * c.views == a.shape[0]:
-                r = r.repeat(c.views, 1)
-            elif r.shape[0] != a.shape[0]:
-                raise FeatvisError(f"{r.shape[0]} concepts for a batch of {a.shape[0] // c.views}; render one image "
-                                   "per concept (batch=k)")
-        return (a * r[:, :, None, None]).sum(1).mean((1, 2))
+        if a.ndim != 4:
+            raise FeatvisError(f"layer {split.label!r} gives {list(a.shape[1:])} per image; concepts live in "
+                               "[C, H, W] maps: fit the bank at a convolutional layer")
+        return along(a, rows, c.views, f"layer {split.label!r}")
 
     return Objective(fn, (), f"concepts({split.label})")

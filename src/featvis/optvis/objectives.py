@@ -164,21 +164,25 @@ def direction(layer_name: str, vector: torch.Tensor) -> Objective:
     """
 
     def fn(c: Context) -> torch.Tensor:
-        a = _unit_maps(c.act(layer_name), layer_name)
-        v = torch.as_tensor(vector, dtype=a.dtype, device=a.device)
-        rows = v.reshape(-1, v.shape[-1]) if v.dim() == 2 else v.flatten()[None]
-        if rows.shape[-1] != a.shape[1]:
-            raise FeatvisError(f"direction has {rows.shape[-1]} entries; layer {layer_name!r} has {a.shape[1]} "
-                               "channels")
-        if rows.shape[0] > 1:  # one per image; views are laid out view-major, as in _per_image
-            if rows.shape[0] * c.views == a.shape[0]:
-                rows = rows.repeat(c.views, 1)
-            elif rows.shape[0] != a.shape[0]:
-                raise FeatvisError(f"{rows.shape[0]} directions for a batch of {a.shape[0]}; give one, or one per "
-                                   "image")
-        return (a * rows[:, :, None, None]).sum(1).mean((1, 2))
+        return along(_unit_maps(c.act(layer_name), layer_name), vector, c.views, f"layer {layer_name!r}")
 
     return Objective(fn, (layer_name,), f"direction({layer_name})")
+
+
+def along(acts: torch.Tensor, vector: torch.Tensor, views: int, where: str) -> torch.Tensor:
+    """The activation maps [N, C, H, W] along `vector` (one [C] for all, or [B, C] one per image, repeated per
+    view: N = views · B, view-major), averaged over positions: [N]."""
+    v = torch.as_tensor(vector, dtype=acts.dtype, device=acts.device)
+    rows = v.reshape(-1, v.shape[-1]) if v.dim() == 2 else v.flatten()[None]
+    if rows.shape[-1] != acts.shape[1]:
+        raise FeatvisError(f"direction has {rows.shape[-1]} entries; {where} has {acts.shape[1]} channels")
+    if rows.shape[0] > 1:  # one per image; views are laid out view-major, as in _per_image
+        if rows.shape[0] * views == acts.shape[0]:
+            rows = rows.repeat(views, 1)
+        elif rows.shape[0] != acts.shape[0]:
+            raise FeatvisError(f"{rows.shape[0]} directions for a batch of {acts.shape[0] // views}; give one, or one "
+                               "per image")
+    return (acts * rows[:, :, None, None]).sum(1).mean((1, 2))
 
 
 def diversity(layer_name: str) -> Objective:
