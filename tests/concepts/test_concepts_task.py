@@ -59,7 +59,7 @@ def test_one_item_per_class_with_the_records_the_page_reads(tmp_path):
     assert again.manifest["counts"]["skipped"] == 2
 
 
-def test_the_deletion_curve_ends_at_the_head_of_nothing_for_every_order(tmp_path):
+def test_deletion_ends_where_insertion_starts_at_the_head_of_nothing(tmp_path):
     """Deleting every concept leaves a zero activation: the curve's last point is h(0), the same for every order."""
     clf = wrap(PoolNet())
     data = folder(tmp_path / "data", {"c1": 6})
@@ -67,6 +67,10 @@ def test_the_deletion_curve_ends_at_the_head_of_nothing_for_every_order(tmp_path
     d = run.items[0]["deletion"]
     assert abs(d["curve"][-1] - d["random_mean"][-1]) < 1e-5
     assert abs(d["curve"][-1] - float(clf.net.fc.bias[1].detach())) < 1e-4  # h(0) = the bias of a pool + linear head
+    ins = run.items[0]["insertion"]  # the same ends, swapped: nothing inserted = all deleted, and back
+    assert ins["curve"][0] == pytest.approx(d["curve"][-1], abs=1e-5)
+    assert ins["curve"][-1] == pytest.approx(d["curve"][0], abs=1e-5)
+    assert ins["order"] == d["order"] and len(ins["curve"]) == 4
 
 
 def test_classes_are_chosen_by_name_and_unknown_or_absent_ones_are_one_line(tmp_path):
@@ -160,7 +164,7 @@ def test_the_page_lists_classes_and_opens_one_with_its_ranked_concepts(tmp_path)
             tab.wait_for_selector("#class:not([hidden]) .concept", timeout=5000)
             heads = tab.locator("#class .concept h3").all_inner_texts()
             assert len(heads) == 3 and heads[0].startswith(f"#1 · concept {first['id']}")
-            assert tab.locator("#class svg.curve path.ours").count() == 1
+            assert tab.locator("#class svg.curve path.ours").count() == 2  # deletion and insertion
             assert tab.locator("#class .missing").count() == 1  # the deleted crop is said, not a broken image
             assert "1 of the page's files are missing" in tab.content()
             tab.goto((run.folder / "index.html").as_uri() + "#0000-c0")

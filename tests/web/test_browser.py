@@ -254,3 +254,24 @@ def test_every_failing_fetch_shows_one_readable_line_in_its_section(context, ser
         others = [s for s in ("page", "photo", "sal", "fool", "vis") if s != section]
         assert all(page.inner_text(f"#{s}-status") == "" for s in others), (name, text)
         page.close()
+
+
+def test_the_concepts_section_ranks_a_class_s_concepts_from_uploaded_photos(context, server):
+    page = loaded(open_page(context, server))
+    photos = [str(fv.samples.path(n)) for n in ("chelsea", "coffee", "rocket", "astronaut")]
+    page.set_input_files("#con-files", photos)
+    page.fill("#con-target", "tabby")
+    page.fill("#con-k", "3")
+    page.click("#run-con")
+    page.wait_for_function("document.querySelector('#con-status').textContent.startsWith('tabby')", timeout=120000)
+    status = page.inner_text("#con-status")
+    assert "3 concepts at swish (call=1) from 32 crops of 4 photos" in status and "deletion AUC" in status
+    heads = page.locator("#con-out .concept > div").all_inner_texts()
+    assert [h.split(" · ")[0] for h in heads] == ["#1", "#2", "#3"]
+    shares = [float(re.search(r"([\d.]+) % of the importance", h).group(1)) for h in heads]
+    assert shares == sorted(shares, reverse=True)
+    assert page.eval_on_selector_all("#con-out img", "els => els.every(e => e.naturalWidth > 0)")
+    page.set_input_files("#con-files", photos[:3])  # too few: the server's one line, in the section
+    page.click("#run-con")
+    page.wait_for_function("document.querySelector('#con-status').className == 'err'", timeout=20000)
+    assert "send 4 to 32 photos of the class" in page.inner_text("#con-status")

@@ -40,7 +40,7 @@ def _class(r: dict, run, page: Path, missing: list[str]) -> dict[str, Any]:
                          "maps": [_picture(run, p, page, missing) for p in c.get("maps", [])]})
     return {"key": _text(r["key"]), "name": _text(r["class_name"]), "images": int(r["images"]),
             "crops": int(r["crops"]), "concepts": concepts, "examples": [_text(e) for e in r.get("examples", [])],
-            "deletion": _deletion(r.get("deletion"))}
+            "deletion": _deletion(r.get("deletion")), "insertion": _deletion(r.get("insertion"))}
 
 
 def build_lens(out: Path, run) -> Path:
@@ -59,6 +59,7 @@ def build_lens(out: Path, run) -> Path:
                                 "(Fel et al. 2023), over the class's crops",
             "deletion_words": "Concept deletion (concepts removed from the factorized activation, most important "
                               "first; the class logit after each removal):",
+            "insertion_words": "Concept insertion (concepts added to an empty activation, most important first):",
             "band_words": "2.5th–97.5th percentile",
             "visual_words": f"feature visualization of the concept's direction ({_text(p.get('preset'))} preset)"}
     warn = ""

@@ -128,12 +128,13 @@ class ConceptsTask(Task):
         t1 = time.perf_counter()
         sobol_paths = picked[:p.sobol_images]
         images = _load(sobol_paths, clf)
-        from featvis.concepts import concept_deletion, concept_importance, concept_maps
+        from featvis.concepts import concept_deletion, concept_importance, concept_insertion, concept_maps
 
         importance = concept_importance(split, concepts, images, cls, designs=p.designs, seed=item.seed)
         t2 = time.perf_counter()
         order = torch.argsort(importance, descending=True)
         deletion = concept_deletion(split, concepts, images, cls, order=order, orders=p.orders, seed=item.seed)
+        insertion = concept_insertion(split, concepts, images, cls, order=order, orders=p.orders, seed=item.seed)
         t3 = time.perf_counter()
         arts: dict[str, bytes] = {}
         folder = f"concepts/{item.key}"
@@ -165,18 +166,19 @@ class ConceptsTask(Task):
         record = {"class": cls, "class_name": name, "images": len(picked), "crops": int(concepts.U.shape[0]),
                   "layer": split.label, "concepts": rows,
                   "examples": [p_.rsplit("/", 1)[-1] for p_ in sobol_paths[:p.examples]],
-                  "deletion": deletion.to_record(), "bank": f"{folder}/bank.npz",
+                  "deletion": deletion.to_record(), "insertion": insertion.to_record(), "bank": f"{folder}/bank.npz",
                   "reconstruction_error": float(concepts.reconstruction_error),
-                  "seconds": {"factorize": t1 - t0, "importance": t2 - t1, "deletion": t3 - t2, "pictures": t4 - t3}}
+                  "seconds": {"factorize": t1 - t0, "importance": t2 - t1, "curves": t3 - t2, "pictures": t4 - t3}}
         return Output(record, arts)
 
     def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
-        faithful = [r["deletion"]["auc_ci"][1] < r["deletion"]["random_ci"][0] for r in records]
         return {"classes": len(records), "layer": records[0]["layer"] if records else self.params.layer,
                 "k": self.params.k,
                 "mean_deletion_auc": _mean([r["deletion"]["auc"] for r in records]),
                 "mean_random_auc": _mean([r["deletion"]["random_auc"] for r in records]),
-                "faithful_classes": sum(faithful), "page": "index.html"}
+                "mean_insertion_auc": _mean([r["insertion"]["auc"] for r in records if "insertion" in r]),
+                "mean_random_insertion_auc": _mean([r["insertion"]["random_auc"] for r in records if "insertion" in r]),
+                "faithful_classes": sum(bool(r["deletion"]["beats_random"]) for r in records), "page": "index.html"}
 
     @classmethod
     def section(cls, run) -> Section:
@@ -185,14 +187,17 @@ class ConceptsTask(Task):
                       "For each class, k concepts found by CRAFT (non-negative factorization of the activations of "
                       "random crops of its images), ranked by their total Sobol importance for the class score. "
                       "Deletion AUC: the class logit as concepts are removed, most important first (lower: the "
-                      "importances are faithful), against random orders; brackets are 95 % bootstrap intervals over "
-                      "images. The browsable page is index.html in the run folder.")
+                      "importances are faithful), against random orders; insertion: as they are added to an empty "
+                      "activation (higher is faithful); 'beats random' when the intervals (95 % bootstrap over "
+                      "images) are apart. The browsable page is index.html in the run folder.")
+        ins = [r.get("insertion") or {} for r in run.items]
         sec.tables.append(Table("classes", ["class", "images", "top concept share", "deletion AUC",
-                                            "random-order AUC", "faster than random", "seconds"],
+                                            "random-order AUC", "deletion beats random", "insertion AUC",
+                                            "random-order insertion", "insertion beats random", "seconds"],
                                 [[r["class_name"], r["images"], r["concepts"][0]["share"] if r["concepts"] else None,
-                                  r["deletion"]["auc"], r["deletion"]["random_auc"],
-                                  r["deletion"]["auc_ci"][1] < r["deletion"]["random_ci"][0],
-                                  sum(r["seconds"].values())] for r in run.items]))
+                                  r["deletion"]["auc"], r["deletion"]["random_auc"], r["deletion"]["beats_random"],
+                                  i.get("auc"), i.get("random_auc"), i.get("beats_random"),
+                                  sum(r["seconds"].values())] for r, i in zip(run.items, ins, strict=True)]))
         return sec
 
     @classmethod

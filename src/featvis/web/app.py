@@ -1,4 +1,4 @@
-"""The featvis JSON API (FastAPI) and its page: classify, saliency, fooling and visualization jobs with progress.
+"""The featvis JSON API (FastAPI) and its page: classify, saliency, fooling, visualization and concepts jobs.
 
 Front end only: each job builds a task (featvis.tasks) from the form, runs it on one item on the model's thread
 (featvis.web.jobs), and serves the task's artifacts and record. Safe to leave running (featvis.web.guard): the
@@ -35,6 +35,7 @@ from featvis.tasks.optvis import FeaturesParams
 from featvis.tasks.saliency import SaliencyParams
 from featvis.web.guard import DRAIN_BYTES, Guard, size_text, too_large
 from featvis.web.jobs import JobQueue, QueueFull, WebJob
+from featvis.web.runs import run_concepts, run_one
 
 MAX_BYTES = 10 * 2**20
 MAX_PIXELS = 40_000_000
@@ -104,26 +105,6 @@ class Server:
         if job is None:
             raise HTTPException(404, "no such job (finished jobs expire)")
         return job
-
-
-def run_one(clf, task, x: torch.Tensor | None) -> tuple[dict, dict[str, bytes]]:
-    """Run `task` through the runner on one image in memory (or, for x=None, on its own units) in a temporary run
-    folder; (the item's record, its declared previews as bytes). A failed item is its one-line error."""
-    import tempfile
-
-    from featvis.data import Dataset
-    from featvis.tasks import run_task
-
-    with tempfile.TemporaryDirectory(prefix="featvis-web-") as tmp:
-        run = run_task(task, None if x is None else Dataset.from_tensors(x, names=["web"]), tmp, clf=clf,
-                       batch_size=1 if x is None else None, argv=["featvis serve"])
-        if not run.items:
-            raise FeatvisError(run.failed[0]["error"] if run.failed else f"{task.name} produced nothing")
-        record = run.items[0]
-        files = {name: run.file(rel).read_bytes() for name, rel in type(task).previews(record).items()}
-    if "title" in record:  # a visualization says what it rendered
-        record = {"objective": record["title"], **record}
-    return record, files
 
 
 def server(request: Request) -> Server:
@@ -265,6 +246,38 @@ async def visualize(request: Request, kind: Annotated[str, Form()] = "class", ta
     await srv.on_model(lambda: task.prepare(srv.clf))  # a layer's channel count needs a probe pass
     srv.room()
     return srv.submit_task("visualize", task, None)
+
+
+WEB_CONCEPT_IMAGES = (4, 32)  # photos of one class per concepts job (the body cap holds them all: one upload limit)
+WEB_CONCEPT_STEPS = 64
+
+
+@router.post("/api/concepts", status_code=202)
+async def concepts(request: Request, files: list[UploadFile], target: Annotated[str, Form()],
+                   k: Annotated[int, Form()] = 6, steps: Annotated[int, Form()] = WEB_CONCEPT_STEPS):
+    """CRAFT concepts of one class from 4-32 uploaded photos of it: the concepts ranked by importance, each with its
+    top crops, its visualization and its map on two photos, and the concept-deletion AUC against random orders."""
+    from featvis.tasks.concepts import ConceptsTask
+
+    srv = server(request)
+    low, high = WEB_CONCEPT_IMAGES
+    if not low <= len(files) <= high:
+        raise HTTPException(422, f"send {low} to {high} photos of the class (field 'files'); got {len(files)}")
+    if not 0 <= steps <= WEB_MAX_STEPS:
+        raise HTTPException(422, f"steps must be 0..{WEB_MAX_STEPS} on this server (the CLI takes more)")
+    task = ConceptsTask(classes=(target,), k=k, images=len(files), steps=steps, size=96, examples=2, top=6,
+                        sobol_images=len(files))
+    index = srv.clf.labels.lookup(target)  # an unknown class is one line with the nearest names
+    await srv.on_model(lambda: task.prepare(srv.clf))
+    srv.room()
+    images = [await srv.read_image(f, None) for f in files]
+
+    def work(job: WebJob) -> None:
+        record, files_ = run_concepts(srv.clf, task, images, index)
+        job.images.update(files_)
+        job.result = record
+
+    return srv.submit("concepts", work)
 
 
 @router.get("/api/jobs/{job_id}")

@@ -20,7 +20,7 @@ data.classes.forEach(c => {
 });
 index.appendChild(frag);
 // the deletion curves: the class score as concepts are removed, most important first, and the random orders' band
-function curve(d) {
+function curve(d, verb = 'removed') {
   if (!d || !d.curve || !d.curve.length) return '';
   const W = 320, H = 150, P = 28, all = [...d.curve, ...d.random_low, ...d.random_high];
   const lo = Math.min(...all), hi = Math.max(...all), n = d.curve.length - 1 || 1;
@@ -28,20 +28,22 @@ function curve(d) {
   const line = vs => vs.map((v, i) => `${i ? 'L' : 'M'}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join('');
   const band = line(d.random_high) + d.random_low.map((v, i) => i).reverse()
     .map(i => `L${x(i).toFixed(1)},${y(d.random_low[i]).toFixed(1)}`).join('') + 'Z';
-  return `<svg class="curve" viewBox="0 0 ${W} ${H}" role="img" aria-label="concept deletion curve">` +
+  return `<svg class="curve" viewBox="0 0 ${W} ${H}" role="img" aria-label="concept ${verb === 'removed' ? 'deletion' : 'insertion'} curve">` +
     `<path class="band" d="${band}"/><path class="random" d="${line(d.random_mean)}"/>` +
     `<path class="ours" d="${line(d.curve)}"/><text x="${P}" y="${H - 8}">0</text>` +
-    `<text x="${W - 8}" y="${H - 8}" text-anchor="end">${n} removed</text><text x="2" y="14">${fmt(hi, 2)}</text>` +
+    `<text x="${W - 8}" y="${H - 8}" text-anchor="end">${n} ${verb}</text><text x="2" y="14">${fmt(hi, 2)}</text>` +
     `<text x="2" y="${H - P}">${fmt(lo, 2)}</text></svg><div class="legend"><i class="o"></i>most important first` +
     `<i class="r"></i>random orders, mean<i class="b"></i>random orders, ${esc(data.band_words)}</div>`;
 }
 function show(key) {
   const c = data.classes.find(x => x.key === key);
   if (!c) { view.hidden = true; index.hidden = false; document.getElementById('filter').hidden = false; return; }
-  const d = c.deletion;
-  const del = d ? `<p>${esc(data.deletion_words)} AUC <b>${fmt(d.auc)}</b> [${fmt(d.auc_ci[0])}, ${fmt(d.auc_ci[1])}]` +
-    ` against ${fmt(d.random_auc)} [${fmt(d.random_ci[0])}, ${fmt(d.random_ci[1])}] for ${d.orders} random orders` +
-    ` (95 % bootstrap intervals over ${d.images} images; lower is more faithful).</p>${curve(d)}` : '';
+  const faith = (d, words, better, verb) => d ? `<div class="faith"><p>${esc(words)} AUC <b>${fmt(d.auc)}</b> ` +
+    `[${fmt(d.auc_ci[0])}, ${fmt(d.auc_ci[1])}] against ${fmt(d.random_auc)} [${fmt(d.random_ci[0])}, ` +
+    `${fmt(d.random_ci[1])}] for ${d.orders} random orders (95 % bootstrap intervals over ${d.images} images; ` +
+    `${better} is more faithful).</p>${curve(d, verb)}</div>` : '';
+  const del = '<div class="faiths">' + faith(c.deletion, data.deletion_words, 'lower', 'removed') +
+    faith(c.insertion, data.insertion_words, 'higher', 'added') + '</div>';
   const maxImp = Math.max(...c.concepts.map(k => k.importance || 0), 1e-12);
   const rows = c.concepts.map((k, r) => {
     const maps = (k.maps || []).map((m, i) => `<figure>${img(m, 'where concept ' + k.id + ' appears')}` +
