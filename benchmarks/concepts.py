@@ -1,5 +1,5 @@
 """`featvis concepts` on a labelled photo set, local and on Ray: the concepts found per class, their importances, the
-concept-deletion AUC against random orders with 95 % bootstrap intervals, time per class and per image, peak memory,
+concept-deletion and insertion AUCs against random orders with 95 % bootstrap intervals, time per class and per image, peak memory,
 and how far Ray's records are from the local ones.
 
     python benchmarks/conceptset.py                        # the labelled real photos (out/conceptset)
@@ -47,8 +47,8 @@ def run(name: str, data: Path, out: Path, opts: list[str]) -> dict:
                          "reconstruction_error": r["reconstruction_error"], "seconds": r["seconds"],
                          "concepts": [{"id": c["id"], "importance": c["importance"], "share": c["share"]}
                                       for c in r["concepts"]],
-                         "deletion": {k: r["deletion"][k] for k in ("auc", "auc_ci", "random_auc", "random_ci",
-                                                                    "beats_random", "orders", "images")}}
+                         **{kind: {k: r[kind][k] for k in ("auc", "auc_ci", "random_auc", "random_ci", "beats_random",
+                                                           "orders", "images")} for kind in ("deletion", "insertion")}}
                         for r in items]}
 
 
@@ -92,6 +92,10 @@ def main() -> None:
         print(f"{c['class']:>20}: {c['images']} images, top shares {shares}; deletion AUC {d['auc']:.3f} "
               f"[{d['auc_ci'][0]:.3f}, {d['auc_ci'][1]:.3f}] vs random {d['random_auc']:.3f} "
               f"[{d['random_ci'][0]:.3f}, {d['random_ci'][1]:.3f}] beats random: {d['beats_random']}")
+        i = c["insertion"]
+        print(f"{'':>20}  insertion AUC {i['auc']:.3f} [{i['auc_ci'][0]:.3f}, {i['auc_ci'][1]:.3f}] vs random "
+              f"{i['random_auc']:.3f} [{i['random_ci'][0]:.3f}, {i['random_ci'][1]:.3f}] beats random: "
+              f"{i['beats_random']}")
     print(f"wrote {path}")
 
 

@@ -112,6 +112,10 @@ def test_other_parameters_are_refused_unless_overwrite(tiny, photos, tmp_path):
         run_task(SaliencyTask(), [photos], tmp_path, clf=tiny, seed=5)
     run = run_task(SaliencyTask(score="prob"), [photos], tmp_path, clf=tiny, overwrite=True)
     assert run.manifest["counts"]["skipped"] == 0 and run.params["score"] == "prob"
+    again = run_task(SaliencyTask(score="prob"), [photos], tmp_path, clf=tiny)  # same parameters: resumes
+    assert again.manifest["counts"]["skipped"] == len(run.items)
+    fresh = run_task(SaliencyTask(score="prob"), [photos], tmp_path, clf=tiny, overwrite=True)  # starts over anyway
+    assert fresh.manifest["counts"]["skipped"] == 0 and len(fresh.items) == len(run.items)
 
 
 def test_a_bad_image_is_recorded_and_retried(tiny, photos, tmp_path):

@@ -82,7 +82,8 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps, or auto (C
                                         metavar="DEVICE")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")]
-OverwriteOpt = Annotated[bool, typer.Option(help="Start over in an output folder that holds another run.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Start over: remove the output folder's earlier run (without it, a "
+                                                  "rerun with the same parameters resumes).")]
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Items per batch (default: the task's).", metavar="N")]
 MaxChunkOpt = Annotated[int | None, typer.Option(min=1, help="Most images per model call inside a method (default "
                                                  "32, less when memory is short; FEATVIS_MAX_CHUNK); recorded in the "

@@ -2,7 +2,7 @@
 
 It owns what every front end needs and no algorithm should do: validating before writing, the manifest, per-item
 seeds (from each item's identity), batching, atomic writes (through the executor), resume (finished items are
-skipped; other parameters are refused unless `overwrite`), per-item errors (recorded, the rest goes on), a lock
+skipped; other parameters are refused; `overwrite` starts over), per-item errors (recorded, the rest goes on), a lock
 against two runs in one folder, and progress events for the CLI (rich), the web API (SSE) and notebooks.
 
 Example:
@@ -161,7 +161,7 @@ def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | o
         executor: "local" (default), "ray", or an executor object.
         batch_size: items per batch (default: the task's).
         seed: the run's seed; each item's seed is derived from it and the item's key.
-        overwrite: start over in a folder that holds a run with other parameters.
+        overwrite: start over (the folder's earlier run and its files are removed), whatever its parameters.
         imagefolder: read input folders as ImageFolder layouts (sub-folder = true class).
         progress: called with each `Event`.
 
@@ -193,11 +193,11 @@ def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | o
         raise os_error(e, folder) from None
     with folder_lock(folder):
         previous = _previous_manifest(folder)
-        if previous is not None and previous.get("params_hash") not in (None, phash):
-            if not overwrite:
-                raise FeatvisError(f"{str(folder)!r} holds a {previous.get('task', 'different')!r} run with other "
-                                   "parameters; use a new -o folder, or --overwrite to start over")
+        if previous is not None and overwrite:  # start over, also with the same parameters (new code, new data)
             _clear(folder)
+        elif previous is not None and previous.get("params_hash") not in (None, phash):
+            raise FeatvisError(f"{str(folder)!r} holds a {previous.get('task', 'different')!r} run with other "
+                               "parameters; use a new -o folder, or --overwrite to start over")
         clean_temporaries(folder)
         manifest = {
             "schema": fmt.SCHEMA, "task": task.name, "params": task.param_dict(), "params_hash": phash,
