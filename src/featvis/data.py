@@ -116,13 +116,15 @@ class Dataset:
         return any(i.label is not None for i in self.items)
 
     @classmethod
-    def from_inputs(cls, inputs: Sequence[str | os.PathLike], *, labels=None, imagefolder: bool = False) -> Dataset:
+    def from_inputs(cls, inputs: Sequence[str | os.PathLike], *, labels=None, imagefolder: bool = False,
+                    needs: str | None = None) -> Dataset:
         """Files, folders, globs and list files; with `imagefolder`, folders are read as one sub-folder per class.
 
         Args:
             inputs: paths, folders, glob patterns (`val/**/*.JPEG`) or `.txt`/`.csv` lists.
             labels: the model's `Labels` (resolves class names from folders and CSV columns).
             imagefolder: read folders as ImageFolder layouts (the sub-folder names are the true classes).
+            needs: what requires the layout (a task's name), said when a folder has no class sub-folders.
         """
         if not inputs:
             raise FeatvisError("no inputs given; name image files, folders, globs or a .txt/.csv list")
@@ -135,7 +137,7 @@ class Dataset:
             kind = "missing" if globbed and not os.path.lexists(p) else path_kind(p)
             if kind == "dir":
                 roots.append(p)
-                found += _image_folder(p) if imagefolder else [(f, None) for f in _walk(p)]
+                found += _image_folder(p, needs) if imagefolder else [(f, None) for f in _walk(p)]
             elif kind == "file" and p.suffix.lower() in LIST_SUFFIXES:
                 found += _listing(p)
             elif kind == "file":
@@ -273,14 +275,16 @@ def _is_candidate(path: Path) -> bool:
         return True
 
 
-def _image_folder(root: Path) -> list[tuple[Path, str | None]]:
+def _image_folder(root: Path, needs: str | None = None) -> list[tuple[Path, str | None]]:
     try:
         classes = sorted(e for e in root.iterdir() if e.is_dir() and not e.name.startswith("."))
     except OSError as e:
         raise FeatvisError(f"cannot list folder '{_said(root)}': {e.strerror}") from None
     if not classes:
+        hint = f"{needs} needs one sub-folder per class, named as the model names it" if needs else \
+            "drop --imagefolder to read it as a plain folder"
         raise FeatvisError(f"'{_said(root)}' has no class sub-folders; an ImageFolder layout is ROOT/CLASS/IMAGE "
-                           "(drop --imagefolder to read it as a plain folder)")
+                           f"({hint})")
     out = []
     for d in classes:
         try:

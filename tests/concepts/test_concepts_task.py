@@ -97,9 +97,12 @@ def test_a_class_with_too_few_images_fails_alone_with_what_to_do(tmp_path):
 
 def test_unlabelled_images_and_negative_layers_are_refused_in_one_line(tmp_path):
     clf = wrap(PoolNet())
+    flat = folder(tmp_path / "flat", {"": 4})
     with pytest.raises(FeatvisError, match="no labelled images"):
-        Dataset.from_inputs([folder(tmp_path / "flat", {"": 4})], labels=clf.labels).by_class(clf.labels)
-    with pytest.raises(FeatvisError, match="(?i)negative") as e:
+        Dataset.from_inputs([flat], labels=clf.labels).by_class(clf.labels)
+    with pytest.raises(FeatvisError, match=r"no class sub-folders; .*\(concepts needs one sub-folder per class"):
+        run_task(ConceptsTask(**FAST), [flat], tmp_path / "o1", clf=clf)
+    with pytest.raises(FeatvisError, match=r"negative activations .* split at a non-negative layer, e.g. 'relu'") as e:
         run_task(ConceptsTask(layer="conv", **FAST), [folder(tmp_path / "d", {"c0": 4})], tmp_path / "o", clf=clf)
     assert "\n" not in str(e.value)
 

@@ -295,14 +295,16 @@ class Context:
                                         **model_overrides(s["mean"], s["std"], s["labels"], s["input_size"]))
         return self._clf
 
-    def dataset(self, inputs: list[str] | None):
-        """The inputs as a Dataset, selected by --limit/--shuffle/--shard (None for none)."""
+    def dataset(self, inputs: list[str] | None, needs: str | None = None):
+        """The inputs as a Dataset, selected by --limit/--shuffle/--shard (None for none); `needs`: the command
+        that needs an ImageFolder, said when a folder is not one."""
         if not inputs:
             return None
         from featvis.data import Dataset, parse_shard
 
         data = self.data
-        dataset = Dataset.from_inputs(inputs, labels=self.clf.labels, imagefolder=data.get("imagefolder", False))
+        dataset = Dataset.from_inputs(inputs, labels=self.clf.labels, imagefolder=data.get("imagefolder", False),
+                                      needs=needs)
         if data.get("limit") or data.get("shuffle") or data.get("shard"):
             dataset = dataset.select(limit=data.get("limit"), shuffle=data.get("shuffle", False),
                                      seed=self.shared["seed"], shard=parse_shard(data.get("shard")))

@@ -34,7 +34,7 @@ def concepts(inputs: InputsArg, fields: dict, options: dict | None = None, ctx: 
     ctx.data["imagefolder"] = True  # a class is a sub-folder
     with ProgressView("concepts", not quiet and not as_json and err_console().is_terminal,
                       speak=not quiet and not as_json) as view:
-        run = run_concepts(ctx.clf, ctx.dataset(inputs), shared["output"], executor=ctx.executor(),
+        run = run_concepts(ctx.clf, ctx.dataset(inputs, needs="concepts"), shared["output"], executor=ctx.executor(),
                            seed=shared["seed"], overwrite=shared["overwrite"], progress=view, **fields)
     page = run.folder / "index.html"
     if as_json:
@@ -45,6 +45,8 @@ def concepts(inputs: InputsArg, fields: dict, options: dict | None = None, ctx: 
             tables = ConceptsTask.overview(run)
             print_table(tables if not isinstance(tables, list) else tables[0], run.model_id)
         if not quiet:
+            for f in run.failed:  # a class that could not be done says why (too few images, an unreadable file)
+                say(f"concepts: {f['key']}: {f['error']}")
             say(f"concepts: {page} ({len(run.items)} classes, {len(run.failed)} failed)")
         typer.echo(str(page.resolve()))
     return 2 if run.failed and not run.items else 1 if run.failed else 0

@@ -144,10 +144,12 @@ def nearest_nonnegative(clf: nn.Module, layer: str, call: int = 0) -> str | None
     """The nearest feature map to `layer` (after it first, then before) whose activations on noise are
     non-negative, as words naming where to split; None if there is none."""
     calls = probe_calls(clf)
-    at = next((i for i, c in enumerate(calls) if c.name == layer and c.call == call), None)
-    if at is None:
-        return None
     reused = {c.name for c in calls if c.call}
+    at = next((i for i, c in enumerate(calls) if c.name == layer and c.call == call), None)
+    if at is None:  # a container (a whole block) is not among the probed calls: name the default split
+        name, default_call = craft_layer(clf)
+        label = layer_label(clf, name)
+        return f"{label!r} (call={default_call})" if name in reused else repr(label)
     for c in calls[at + 1:] + calls[:at][::-1]:
         if c.output.dim() == 4 and c.output.shape[-1] > 1 and c.low >= 0:
             name = layer_label(clf, c.name)

@@ -137,8 +137,9 @@ def _inputs(task: Task, clf, inputs, *, imagefolder: bool) -> Dataset:
         raise FeatvisError(f"{task.name} needs input images: files, folders, globs or a .txt/.csv list")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    data = inputs if isinstance(inputs, Dataset) else \
-        Dataset.from_inputs(list(inputs), labels=clf.labels, imagefolder=imagefolder or task.kind == "classes")
+    classes = task.kind == "classes"
+    data = inputs if isinstance(inputs, Dataset) else Dataset.from_inputs(
+        list(inputs), labels=clf.labels, imagefolder=imagefolder or classes, needs=task.name if classes else None)
     return task.units_from(data, clf) if task.kind == "classes" else data
 
 
