@@ -156,3 +156,52 @@ class ScriptedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.payload(x).mean((2, 3)))
+
+
+# --- a linear classifier whose minimal adversarial distances are known in closed form -------------------------
+DUAL = {"l2": 2.0, "linf": 1.0, "l1": float("inf")}
+
+
+def linear_case(classes: int = 5, images: int = 4, seed: int = 3):
+    """(net, clf, x): a float64 linear model with small weights (boundaries a fraction of the image away)."""
+    import featvis as fv
+
+    net = LinearNet(classes=classes, size=16, seed=seed).double()
+    with torch.no_grad():
+        net.fc.weight.mul_(0.05)
+    clf = fv.Classifier.wrap(net, mean=(0, 0, 0), std=(1, 1, 1), labels=[str(i) for i in range(classes)],
+                             input_size=16).double()
+    x = fv.quantize(torch.rand(images, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    return net, clf, x
+
+
+def min_distance(net, x: torch.Tensor, norm: str, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """The smallest change in `norm` that reaches another class's boundary, [B]; for L2/L∞/L1 without the [0, 1]
+    box (a lower bound that any image in the box must respect), for L0 with it (exact: the greedy choice of the
+    coordinates that move the logit gap most is optimal for one boundary)."""
+    w = net.fc.weight.detach()
+    with torch.no_grad():
+        f = net(x)
+    orig = f.argmax(1)
+    flat = x.flatten(1)
+    out = []
+    for i in range(x.shape[0]):
+        others = [int(targets[i])] if targets is not None else [k for k in range(w.shape[0]) if k != orig[i]]
+        best = float("inf")
+        for k in others:
+            gap = float(f[i, orig[i]] - f[i, k])  # what the change must overcome
+            dw = w[k] - w[orig[i]]  # d(f_k − f_orig)/dx
+            if norm == "l0":
+                gain = torch.maximum(dw * (1 - flat[i]), -dw * flat[i])  # each value moved to the better bound
+                reach = gain.sort(descending=True).values.cumsum(0)
+                best = min(best, float(int((reach < gap).sum()) + 1))
+            else:
+                best = min(best, gap / float(dw.norm(p=DUAL[norm])))
+        out.append(best)
+    return torch.tensor(out, dtype=x.dtype)
+
+
+def measured(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.flatten(1)
+    return {"l2": lambda: flat.norm(dim=1), "linf": lambda: flat.abs().amax(1), "l1": lambda: flat.abs().sum(1),
+            "l0": lambda: (flat != 0).sum(1).to(delta.dtype)}[norm]()
