@@ -3,8 +3,15 @@ import torch
 
 import featvis as fv
 from featvis.adversarial import ATTACKS, fool
-from featvis.adversarial.apgd import (apgd_run, checkpoints, dlr_loss, dlr_targeted_loss, random_start,
-                                      should_halve, top_classes)
+from featvis.adversarial.apgd import (
+    apgd_run,
+    checkpoints,
+    dlr_loss,
+    dlr_targeted_loss,
+    random_start,
+    should_halve,
+    top_classes,
+)
 
 from _models import LinearNet, TinyConvNet
 

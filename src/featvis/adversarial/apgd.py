@@ -296,7 +296,17 @@ def apgd_t(clf, images: torch.Tensor, target=None, *, eps: float | None = None, 
                                      lambda p, rows: p == targets[rows], eps=eps, norm=norm, steps=steps,
                                      restarts=restarts, seed=seed, callback=callback, **opts)
         return finish("apgd-t", clf, x, raw, targets, original, taken, params, probs)
-    tops = top_classes(probs, target_classes)  # [B, count]
+    raw, _, taken = apgd_t_run(clf, x, original, top_classes(probs, target_classes), eps=eps, norm=norm,
+                               steps=steps, restarts=restarts, seed=seed, callback=callback, **opts)
+    return finish("apgd-t", clf, x, raw, None, original, taken,
+                  {**params, "target_classes": min(target_classes, probs.shape[1] - 1)}, probs)
+
+
+def apgd_t_run(clf, x: torch.Tensor, original: torch.Tensor, tops: torch.Tensor, *, eps: float, norm: str,
+               steps: int, restarts: int, seed: Seed, callback=None, **run_options
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """APGD-T the AutoAttack way: targeted DLR toward each column of `tops` [n, count] in turn, each on the images
+    whose prediction has not changed yet; returns (adversarial or high-loss image, fooled [n], steps [n])."""
     raw, won = x.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     taken = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for j in range(tops.shape[1]):
@@ -308,10 +318,10 @@ def apgd_t(clf, images: torch.Tensor, target=None, *, eps: float | None = None, 
                                                                                                  tj[i]),
                                   lambda p, i, rows=rows: p != original[rows[i]], eps=eps, norm=norm, steps=steps,
                                   restarts=restarts, seed=_seeds(seed, 0, rows if not _single(seed) else None),
-                                  seed_offset=j * restarts, callback=callback, **opts)
+                                  seed_offset=j * restarts, callback=callback, **run_options)
         raw[rows[ok]] = adv[ok]
         if j == 0:
             raw[rows[~ok]] = adv[~ok]  # a point of high loss for the images never fooled
         won[rows[ok]] = True
         taken[rows] += t
-    return finish("apgd-t", clf, x, raw, None, original, taken, {**params, "target_classes": tops.shape[1]}, probs)
+    return raw, won, taken
