@@ -17,9 +17,10 @@ from featvis.tasks.concepts import ConceptsTask
 from featvis.tasks.evaluate import EvaluateTask
 from featvis.tasks.examples import ExamplesTask
 from featvis.tasks.executors import EXECUTORS, Executor
-from featvis.tasks.fool import FoolTask, RobustnessTask
+from featvis.tasks.fool import FoolTask
 from featvis.tasks.optvis import AccentuateTask, ClassvisTask, FeaturesTask
 from featvis.tasks.results import SCHEMA, Run, read_run
+from featvis.tasks.robustness import RobustnessTask
 from featvis.tasks.runner import Event, run_task
 from featvis.tasks.saliency import SaliencyTask, SanityTask
 from featvis.tasks.tcav import TcavTask

@@ -1,4 +1,4 @@
-"""The fool task (fooling images by any attack) and the robustness task (share fooled per budget)."""
+"""The fool task (fooling images by any attack) and the attack checks it shares with the robustness task."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ FOOL_FIELDS = ["input", "method", "success", "steps", "original_class", "origina
                "predicted", "predicted_name", "original_prob_before", "original_prob_after", "target_prob_before",
                "target_prob_after", "l2", "linf", "l2_255", "linf_255", "psnr_db", "reloaded_predicted",
                "transfer_model", "transfer_predicted", "transfer_success", "transfer_changed", "label"]
-ROBUSTNESS_FIELDS = ["input", "method", "norm", "fooled", "min_eps", "min_eps_255", "original_class", "original_name",
-                     "target", "target_name", "predicted", "predicted_name", "label"]
 
 
 def _csv(records: list[dict], fields: list[str]) -> bytes:
@@ -261,128 +259,3 @@ def fooling_summary(records: list[dict]) -> dict[str, Any]:
             "transfer_rate": (sum(r["transfer_success"] for r in records) / len(records)
                               if "transfer_success" in records[0] else None),
             "already_target": sum(bool(r.get("already_target")) for r in records)}
-
-
-@dataclass(frozen=True)
-class RobustnessParams:
-    method: str = param("pgd", help="An attack with a budget (see `featvis attacks`): pgd, fgsm, mifgsm or ascent.",
-                        metavar="ATTACK")
-    eps: tuple[float, ...] = param(tuple(e / 255 for e in (1, 2, 3, 4, 6, 8)), help="Budgets, comma-separated, in "
-                                   "[0, 1] units or 8-bit levels.", metavar="BUDGETS")
-    norm: str = param("linf", help="linf, or l2 for fgsm/pgd (then --eps is an L2 size).", metavar="NORM")
-    target: str | int | None = param(None, help="'none' (make the model change its mind), a class, 'random' or "
-                                     "'true'.", short="-t", metavar="CLASS")
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from featvis.adversarial._base import check_budgeted
-
-        target = _target(self.target)
-        name, target, opts = check_attack(self.method, target, self.options)
-        if "eps" in opts:
-            raise FeatvisError("give the budgets with eps=[...] (CLI: --eps 1/255,2/255,...), not as an attack option")
-        from featvis._registry import parse_budget
-
-        grid = tuple(sorted({parse_budget(e) for e in self.eps}))
-        if not grid or any(not math.isfinite(e) for e in grid):
-            raise FeatvisError(f"eps must be positive finite budgets, got {list(self.eps)}")
-        if self.norm not in ("linf", "l2"):
-            raise FeatvisError(f"unknown norm {self.norm!r}; use 'linf' or 'l2'")
-        if self.norm == "linf" and grid[-1] > 1:
-            raise FeatvisError(f"budget {grid[-1]:g} is more than the whole pixel range [0, 1]; write 8/255 for 8 "
-                               "levels")
-        check_budgeted(name, self.norm)
-        object.__setattr__(self, "method", name)
-        object.__setattr__(self, "target", target)
-        object.__setattr__(self, "options", opts)
-        object.__setattr__(self, "eps", grid)
-
-
-@register
-class RobustnessTask(ClassTarget, Task):
-    """How small a change fools the model: the share fooled at each budget and each image's smallest budget."""
-
-    name = "robustness"
-    title = "Robustness"
-    Params = RobustnessParams
-
-    TARGET_WORDS = ("true", "random")
-
-    def run(self, clf, batch: Batch) -> list[Output]:
-        from featvis import _progress
-        from featvis.adversarial import robustness
-        from featvis.images import encode_png
-
-        p = self.params
-        res = robustness(clf, batch.images, attack_targets(p.target, batch), eps=list(p.eps), method=p.method,
-                         norm=p.norm, seed=batch.seeds,
-                         callback=lambda i, left: _progress.update("budgets", i, len(p.eps)), **p.options)
-        outputs = []
-        for i, (item, rec) in enumerate(zip(batch.items, res.records(), strict=True)):
-            arts = {}
-            if rec["fooled"]:
-                rec["fooled_png"] = f"fooled/{item.key}.png"
-                arts[rec["fooled_png"]] = encode_png(res.images[i])
-            outputs.append(Output(rec, arts))
-        return outputs
-
-    def _curve(self, records: list[dict]) -> dict[str, Any]:
-        from featvis.adversarial.robustness import fooled_rates
-
-        grid = list(self.params.eps)
-        return {"eps": grid, "norm": self.params.norm, "fooled_rate": fooled_rates([r["min_eps"] for r in records],
-                                                                                  grid)}
-
-    def summarize(self, records: list[dict], info: Mapping[str, Any]) -> dict[str, Any]:
-        from featvis.adversarial.robustness import median_budget
-
-        curve = self._curve(records)
-        out = {"images": len(records), "curve": curve,
-               "fooled_rate_max_eps": curve["fooled_rate"][-1] if records else 0.0,
-               "median_min_eps": median_budget(r["min_eps"] for r in records), "figure": "curve.png"}
-        if any(r.get("label") is not None for r in records):
-            labels = info.get("labels")
-            known = [r for r in records if r.get("label") is not None]
-            groups: dict[int, list[dict]] = {}
-            for r in known:
-                groups.setdefault(int(r["label"]), []).append(r)
-            out["per_class"] = [{"class": c, "name": labels[c] if labels is not None else str(c),
-                                 "images": len(rs), "curve": self._curve(rs)["fooled_rate"],
-                                 "median_min_eps": median_budget(r["min_eps"] for r in rs)}
-                                for c, rs in sorted(groups.items())]
-        return out
-
-    def finalize(self, records: list[dict], summary: dict, info: Mapping[str, Any]) -> dict[str, bytes]:
-        from featvis.figures import figure_png, robustness_curve
-
-        name = f"{self.params.method} on {info.get('model', '?').split('@')[0]}"
-        return {"curve.png": figure_png(robustness_curve({name: summary["curve"]}), dpi=110),
-                "results.csv": _csv(records, ROBUSTNESS_FIELDS)}
-
-    @classmethod
-    def section(cls, run) -> Section:
-        summ, p = run.summary, run.params
-        curve = summ["curve"]
-        linf = curve["norm"] == "linf"
-        target = p.get("target")
-        goal = "change its prediction" if target is None else ("predict a random class" if target == "random" else
-                                                               f"predict the target ({target})")
-        s = Section(f"Robustness: {p.get('method')} ({curve['norm']}), how small a change fools it",
-                    f"The {p.get('method')} attack run at growing budgets ε; an image counts as fooled at ε when an "
-                    f"image within ε of it, saved as 8-bit PNG, makes the model {goal}. The curve is the share of "
-                    "images fooled at each budget" + (" (ε in 8-bit levels: 1/255 is the smallest possible change)."
-                                                      if linf else " (L2 size of the change in [0, 1] units)."))
-        s.figures.append(("curve.png", "images fooled against the budget"))
-        scale, unit = (255, "/255") if linf else (1, "")
-        s.tables.append(Table("share fooled", ["budget ε", "images fooled"],
-                              [[f"{e * scale:.3g}{unit}", f"{r:.0%}"] for e, r in
-                               zip(curve["eps"], curve["fooled_rate"], strict=True)]))
-        s.tables.append(Table("per image", ["image", "was", "target", "now", "smallest fooling ε"],
-                              [[item_name(r), r["original_name"], r["target_name"] or "(untargeted)",
-                                r["predicted_name"], f"{r['min_eps'] * scale:.3g}{unit}" if r["fooled"] else
-                                "not fooled"] for r in run.items]))
-        if summ.get("per_class"):
-            s.tables.append(Table("per class", ["class", "images", *(f"{e * scale:.3g}{unit}" for e in curve["eps"])],
-                                  [[c["name"], c["images"], *(f"{v:.0%}" for v in c["curve"])]
-                                   for c in summ["per_class"]]))
-        return s
