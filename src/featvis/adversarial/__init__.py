@@ -16,6 +16,7 @@ import torch
 
 from featvis.adversarial import apgd, ascent, cw, ddn, deepfool, fmn, pgd  # noqa: F401 (registers)
 from featvis.adversarial._base import ATTACKS
+from featvis.adversarial.autoattack import AutoAttackResult, autoattack
 from featvis.adversarial.result import FoolingResult
 from featvis.adversarial.robustness import RobustnessResult, robustness
 
@@ -54,4 +55,5 @@ def with_transfer(result: FoolingResult, other) -> FoolingResult:
                                      "changed": pred != before})
 
 
-__all__ = ["ATTACKS", "FoolingResult", "RobustnessResult", "fool", "robustness", "with_transfer"]
+__all__ = ["ATTACKS", "AutoAttackResult", "FoolingResult", "RobustnessResult", "autoattack", "fool", "robustness",
+           "with_transfer"]
