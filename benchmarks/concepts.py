@@ -1,6 +1,6 @@
-"""`featvis concepts` on a labelled photo set, local and on Ray: the concepts found per class, their importances, the
-concept-deletion and insertion AUCs against random orders with 95 % bootstrap intervals, time per class and per image, peak memory,
-and how far Ray's records are from the local ones.
+"""`featvis concepts` on a labelled photo set, local and on Ray: the concepts found per class, their importances,
+the concept-deletion and insertion AUCs against random orders with 95 % bootstrap intervals, time per class and
+per image, peak memory, and how far Ray's records are from the local ones.
 
     python benchmarks/conceptset.py                        # the labelled real photos (out/conceptset)
     python benchmarks/concepts.py [--data out/conceptset] [--only local,ray] [-k 10] [--images 64]
