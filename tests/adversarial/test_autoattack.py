@@ -1,13 +1,17 @@
+import sys
+
 import pytest
 import torch
 
 import featvis as fv
+import featvis.adversarial.autoattack
 from featvis.adversarial import ATTACKS, fool
-from featvis.adversarial import autoattack as aa
 from featvis.adversarial._base import attack_inputs, resolve_attack_targets
 from featvis.adversarial.result import finish
 
 from _models import LinearNet, TinyConvNet
+
+aa = sys.modules["featvis.adversarial.autoattack"]
 
 
 def _tiny(classes=10, seed=0):

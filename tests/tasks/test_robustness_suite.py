@@ -2,15 +2,18 @@
 each image's breaking attack, and the report section; on a tiny model."""
 
 import shutil
+import sys
 
 import pytest
 import torch
 
 import featvis as fv
-from featvis.adversarial import autoattack as aa
+import featvis.adversarial.autoattack
 from featvis.tasks import RobustnessTask, read_run, run_task
 
 from _models import TinyConvNet, noise_photos
+
+aa = sys.modules["featvis.adversarial.autoattack"]
 
 
 @pytest.fixture
