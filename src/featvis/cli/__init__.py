@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from featvis.cli import concepts, core, demo, fool, optvis, saliency  # noqa: F401  (registers the commands)
+from featvis.cli import concepts, core, demo, fool, optvis, saliency, universal  # noqa: F401  (registers the commands)
 from featvis.cli._common import app, say
 from featvis.errors import FeatvisError, FeatvisWarning
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     _TERMINATED.clear()
     try:
         with _signals():
-            code = app(args=argv, standalone_mode=False)
+            code = app(args=_aliased(list(sys.argv[1:] if argv is None else argv)), standalone_mode=False)
     except FeatvisError as e:
         say(f"featvis: error: {e}")
         return 2
@@ -89,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     if code == 130:  # typer turns Ctrl-C into exit code 130
         return _interrupted()
     return code if isinstance(code, int) else 0
+
+
+def _aliased(argv: list[str]) -> list[str]:
+    """`featvis fool DATASET --universal ...` is `featvis universal DATASET ...` (the issue's spelling; the
+    universal command has its own options, listed by `featvis universal --help`)."""
+    if argv[:1] == ["fool"] and "--universal" in argv:
+        return ["universal", *(a for a in argv[1:] if a != "--universal")]
+    return argv
 
 
 def _interrupted() -> int:

@@ -34,11 +34,17 @@ def fool(
     norm: Annotated[str | None, typer.Option(help="linf or l2 (fgsm, pgd).", metavar="NORM")] = None,
     score: Annotated[str | None, typer.Option(help="ascent: log-prob (default) or logit (the lab's).",
                                               metavar="SCORE")] = None,
+    universal: Annotated[bool, typer.Option("--universal", help="One perturbation for the whole data set instead: "
+                                            "the same as `featvis universal` (its options: featvis universal "
+                                            "--help).")] = False,
     options: dict | None = None,
 ):
     """Fool the model: the fooled PNGs (judged after 8-bit rounding), the lab's four panels, CSV/JSON per image.
     --eps/--steps/--lr/--norm/--score are the attack's own options (as -O KEY=VALUE)."""
     from featvis.adversarial import ATTACKS
+
+    if universal:  # featvis.cli.main reroutes the flag; a caller of the typer app directly gets the way there
+        raise FeatvisError("fool --universal is the universal command: run `featvis universal DATASET --eps ...`")
 
     steps_key = ATTACKS.get(fields["method"]).info.get("steps") or "steps"
     opts = _merge(options, eps=eps, lr=lr, norm=norm, score=score)
