@@ -20,12 +20,13 @@ All coalitions of all images go through the model in batches; the fits of all im
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
 from featvis._ops import Seed, _single, random_draw
 from featvis._progress import update
-from featvis._registry import Count
+from featvis._registry import Count, Range
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare_inputs, score_fn
 from featvis.attribution.integrated import make_baseline
 from featvis.attribution.superpixels import COMPACTNESS, make_segments
@@ -37,6 +38,7 @@ KERNEL_WIDTH = 1.0  # Captum's exponential kernel width (lime_image: 0.25, on th
 ALPHA = 1.0  # ridge penalty of the `lime` package's default regressor, Ridge(alpha=1)
 INF_WEIGHT = 1e6  # Captum KernelShap's stand-in for the infinite weight of the empty and full coalitions
 DISTANCES = ("image", "segments")
+Samples = Annotated[int, Range(2)]  # a fit needs at least two coalitions (KernelSHAP: the full and the empty one)
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ def surrogate_fit(clf, images: torch.Tensor, target=None, *, kind: str = "lime",
 
 @ATTRIBUTIONS.register("lime")
 def lime(clf, images: torch.Tensor, target=None, *, segments="grid", cells: Count = CELLS,
-         compactness: float = COMPACTNESS, samples: Count = SAMPLES, baseline="mean", distance: str = "image",
+         compactness: float = COMPACTNESS, samples: Samples = SAMPLES, baseline="mean", distance: str = "image",
          kernel_width: float = KERNEL_WIDTH, alpha: float = ALPHA, seed: Seed = 0, score: str = "logit",
          batch_size: int | None = None) -> torch.Tensor:
     """LIME: the coefficients of a locally weighted ridge model of the score over which segments are kept.
@@ -205,7 +207,7 @@ def lime(clf, images: torch.Tensor, target=None, *, segments="grid", cells: Coun
 
 @ATTRIBUTIONS.register("kernel-shap", aliases=("kernelshap", "shap"))
 def kernel_shap(clf, images: torch.Tensor, target=None, *, segments="grid", cells: Count = CELLS,
-                compactness: float = COMPACTNESS, samples: Count = SAMPLES, baseline="mean", seed: Seed = 0,
+                compactness: float = COMPACTNESS, samples: Samples = SAMPLES, baseline="mean", seed: Seed = 0,
                 score: str = "logit", batch_size: int | None = None) -> torch.Tensor:
     """KernelSHAP: Shapley values of the segments, by least squares on coalitions drawn from the Shapley kernel.
 
