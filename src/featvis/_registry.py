@@ -27,6 +27,30 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
+        self._families: dict[str, tuple[Callable[[str], T], str]] = {}  # prefix -> (build, summary)
+        self._family_aliases: dict[str, str] = {}
+        self._built: dict[str, T] = {}  # "prefix:name" entries made so far
+
+    def parametric(self, prefix: str, build: Callable[[str], T], aliases: tuple[str, ...] = (),
+                   summary: str = "") -> None:
+        """Names `PREFIX:NAME` for every entry NAME (`smooth:integrated-gradients`), nested ones included.
+
+        `build(NAME)` (NAME canonical) makes the entry the first time it is asked for; it is kept. `names()` lists
+        none of them (there are as many as entries, and more), `prefixes()` lists the families; an unknown NAME
+        fails with the usual did-you-mean.
+        """
+        if prefix in self._families or prefix in self._family_aliases:
+            raise ValueError(f"{self.kind} prefix {prefix!r} is registered twice")
+        self._families[prefix] = (build, summary)
+        for alias in aliases:
+            self._family_aliases[alias] = prefix
+
+    def prefixes(self) -> dict[str, str]:
+        """The parametric families, {prefix: summary} (see `parametric`)."""
+        return {p: summary for p, (_, summary) in self._families.items()}
+
+    def family_aliases(self, prefix: str) -> list[str]:
+        return [a for a, p in self._family_aliases.items() if p == prefix]
 
     def register(self, name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -45,6 +69,9 @@ class Registry(Generic[T]):
     def remove(self, name: str) -> None:
         """Forget an entry and its aliases (for plugins and tests that register temporary entries)."""
         key = self.canonical(name)
+        self._built.clear()  # entries built over it (PREFIX:NAME) go with it
+        if key not in self._items:
+            return
         del self._items[key]
         for alias in [a for a, n in self._aliases.items() if n == key]:
             del self._aliases[alias]
@@ -55,10 +82,23 @@ class Registry(Generic[T]):
             return key
         if key in self._aliases:
             return self._aliases[key]
+        head, colon, tail = key.partition(":")
+        if colon and self._families:
+            family = head if head in self._families else self._family_aliases.get(head)
+            if family is None:
+                raise did_you_mean(f"{self.kind} prefix", head + ":",
+                                   [f"{p}:" for p in [*self._families, *self._family_aliases]])
+            return f"{family}:{self.canonical(tail)}"
         raise did_you_mean(self.kind, name, [*self._items, *self._aliases])
 
     def get(self, name: str) -> T:
-        return self._items[self.canonical(name)]
+        key = self.canonical(name)
+        if key in self._items:
+            return self._items[key]
+        if key not in self._built:
+            family, _, inner = key.partition(":")
+            self._built[key] = self._families[family][0](inner)
+        return self._built[key]
 
     def names(self) -> list[str]:
         return list(self._items)
@@ -70,8 +110,11 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = name.strip().lower().replace("_", "-")
-        return key in self._items or key in self._aliases
+        try:
+            self.canonical(name)
+        except FeatvisError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
@@ -311,19 +354,29 @@ class SpecRegistry(Registry[Spec]):
     are not the entry's own options.
     """
 
-    def __init__(self, kind: str, shared: tuple[str, ...] = (), common_help: Mapping[str, str] | None = None) -> None:
+    def __init__(self, kind: str, shared: tuple[str, ...] = (), common_help: Mapping[str, str] | None = None,
+                 wrap: Callable[[Callable], Callable] | None = None) -> None:
         super().__init__(kind)
         self.shared = shared
         self.common_help = dict(common_help or {})  # help for options many entries take (score, seed, ...)
+        self.wrap = wrap  # what every entry's call goes through (attribution: unit targets); its options stay fn's
 
     def register(self, name: str, aliases: tuple[str, ...] = (), **info: Any) -> Callable[[Callable], Callable]:
         def deco(fn: Callable) -> Callable:
-            options = {k: o if o.help else replace(o, help=self.common_help.get(k, ""))
-                       for k, o in options_from(fn, self.shared).items()}
-            self.add(name, Spec(name, fn, options, summary_of(fn), dict(info)), aliases)
+            self.add(name, self.make(name, fn, **info), aliases)
             return fn
 
         return deco
+
+    def make(self, name: str, fn: Callable, options: Mapping[str, Option] | None = None, summary: str | None = None,
+             **info: Any) -> Spec:
+        """The spec this registry makes of `fn` (options from its signature unless given, the family's `wrap`),
+        for `register` and for the entries a `parametric` family builds."""
+        if options is None:
+            options = options_from(fn, self.shared)
+        options = {k: o if o.help else replace(o, help=self.common_help.get(k, "")) for k, o in options.items()}
+        call = fn if self.wrap is None else self.wrap(fn)
+        return Spec(name, call, options, summary_of(fn) if summary is None else summary, dict(info))
 
 
 def parse_assignments(pairs: list[str] | tuple[str, ...] | None) -> dict[str, str]:

@@ -11,7 +11,9 @@ import math
 import os
 import struct
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ ACCEPTED_FORMATS: dict[str, tuple[str, ...]] = {
     "PPM": (".ppm", ".pgm", ".pbm", ".pnm"),  # the Netpbm family
 }
 IMAGE_SUFFIXES = frozenset(s for suffixes in ACCEPTED_FORMATS.values() for s in suffixes)
+_ANY_RANGE: ContextVar[bool] = ContextVar("featvis_any_range", default=False)
 # What PIL raises for malformed files besides OSError; found by fuzzing (tests/test_images.py). A decoder bug must
 # cost one file, not a batch or a web request.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, LookupError, TypeError, ArithmeticError,
@@ -193,10 +196,22 @@ def check_images(images: torch.Tensor, what: str = "images", *, dtype: torch.dty
         lo, hi = lo_t.item(), hi_t.item()
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise FeatvisError(f"{what} contain NaN or infinite values")
-    if lo < -1e-4 or hi > 1 + 1e-4:
+    if (lo < -1e-4 or hi > 1 + 1e-4) and not _ANY_RANGE.get():
         raise FeatvisError(f"{what} span [{lo:.3g}, {hi:.3g}] but featvis takes pixels in [0, 1] "
                            "(the Classifier normalizes); pass un-normalized images")
     return images.to(dtype)
+
+
+@contextmanager
+def outside_unit_range() -> Iterator[None]:
+    """Within it, `check_images` lets values outside [0, 1] through (NaN and infinities are still refused): for
+    methods that hand another method images made off the pixel range, such as SmoothGrad's noisy copies, which the
+    paper and Captum's NoiseTunnel leave unclipped."""
+    token = _ANY_RANGE.set(True)
+    try:
+        yield
+    finally:
+        _ANY_RANGE.reset(token)
 
 
 def to_tensor(src: ImageSource, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:

@@ -47,8 +47,15 @@ def methods(json: JsonOpt = False) -> None:
     records = [{"name": s.name, "aliases": ATTRIBUTIONS.aliases(s.name), "summary": s.summary,
                 "options": {k: {"default": o.default, "kind": o.kind, "help": o.help} for k, o in s.options.items()}}
                for s in specs]
-    print_rows(["method", "what it computes", "options (-O)"],
-               [[s.name, s.summary, _options_text(s.options)] for s in specs], json, records)
+    rows = [[s.name, s.summary, _options_text(s.options)] for s in specs]
+    for prefix, summary in ATTRIBUTIONS.prefixes().items():  # smooth:METHOD, ...: one row per family, not per method
+        example, plain = ATTRIBUTIONS.get(f"{prefix}:gradient"), ATTRIBUTIONS.get("gradient")
+        own = {k: o for k, o in example.options.items() if k not in plain.options}  # the family's own options
+        rows.append([f"{prefix}:METHOD", summary, _options_text(own) + " and METHOD's"])
+        records.append({"name": f"{prefix}:METHOD", "parametric": True, "summary": summary,
+                        "aliases": [f"{a}:METHOD" for a in ATTRIBUTIONS.family_aliases(prefix)],
+                        "options": {k: {"default": o.default, "kind": o.kind, "help": o.help} for k, o in own.items()}})
+    print_rows(["method", "what it computes", "options (-O)"], rows, json, records)
 
 
 @app.command()
