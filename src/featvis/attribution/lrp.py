@@ -21,11 +21,10 @@ How the network is read (zennit 0.5.1's rules and canonizers, `zennit.composites
 
 from __future__ import annotations
 
-from torch.overrides import TorchFunctionMode
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from featvis.attribution._base import ATTRIBUTIONS, default_chunk, prepare_inputs, reduce_channels
 from featvis.errors import FeatvisError
