@@ -98,7 +98,7 @@ class _MaxPoolRescale(torch.autograd.Function):
         flat = (*dx.shape[:2], -1)  # [n, C, positions]: pooling indices count positions within a channel
 
         def unpool(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros(flat[:2] + (dx[0, 0].numel(),), dtype=values.dtype, device=values.device)
+            out = torch.zeros((*flat[:2], dx[0, 0].numel()), dtype=values.dtype, device=values.device)
             return out.scatter_add_(2, where.reshape(flat), values.reshape(flat)).view_as(dx)
 
         share = unpool(gi * up, idx[:n]) + unpool(gi * down, idx[n:])
