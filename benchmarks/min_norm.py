@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.modules.setdefault("visdom", types.ModuleType("visdom"))  # adv_lib imports it for its optional plot logger
 import torchattacks
 from adv_lib.attacks import carlini_wagner_l2, ddn, fmn
+from autoattack_crosscheck import Counter, predict
 
 import featvis as fv
 from featvis.adversarial._base import resolve_attack_targets
@@ -38,7 +39,6 @@ from featvis.adversarial.deepfool import deepfool as fv_deepfool
 from featvis.adversarial.fmn import fmn as fv_fmn
 
 from _common import machine, save
-from autoattack_crosscheck import Counter, predict
 
 EXTRA = ("sklearn-china.jpg", "sklearn-flower.jpg")  # the two photos of evalset.py after the 6 bundled ones
 STEPS = 100  # FMN/DDN iterations for both libraries (featvis's default; adv_lib's DDN default too)
@@ -91,7 +91,7 @@ def judge(clf, x, adv, cls, targeted) -> dict:
 
 
 def median_of_successes(j: dict, norm: str = "l2") -> float | None:
-    vals = [v for v, ok in zip(j[norm], j["success"]) if ok]
+    vals = [v for v, ok in zip(j[norm], j["success"], strict=True) if ok]
     return statistics.median(vals) if vals else None
 
 
@@ -177,7 +177,8 @@ def main() -> None:
         cw_ref = ref[rec["targeted"]]
         if cw_ref is not None and len(rec["times"]) == len(cw_ref["times"]):
             # per round, then the median: both ran in the same minute of the shared machine
-            rec["ratio_to_torchattacks_cw"] = statistics.median(a / b for a, b in zip(rec["times"], cw_ref["times"]))
+            pairs = zip(rec["times"], cw_ref["times"], strict=True)
+            rec["ratio_to_torchattacks_cw"] = statistics.median(a / b for a, b in pairs)
         elif cw_ref is not None:
             rec["ratio_to_torchattacks_cw"] = rec["s_per_image"] / cw_ref["times"][0]
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731

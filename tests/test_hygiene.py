@@ -12,6 +12,8 @@ from _vit import TinyAttnViT
 
 FAST = {"smoothgrad": {"samples": 2}, "smoothgrad-sq": {"samples": 2}, "vargrad": {"samples": 2},
         "integrated-gradients": {"steps": 4}, "occlusion": {"window": 8, "stride": 8}, "rise": {"masks": 8},
+        "lime": {"samples": 8}, "kernel-shap": {"samples": 8},
+        "sobol": {"cells": 4, "designs": 4}, "hsic": {"designs": 16},
         "expected-gradients": {"samples": 2, "references": torch.rand(2, 3, 32, 32)}}
 
 
@@ -60,7 +62,8 @@ def test_method_cleans_up_after_an_exception(name, monkeypatch):
 
 
 ATTACK_FAST = {"ascent": {"max_steps": 3}, "lab": {"max_steps": 3}, "pgd": {"steps": 3}, "mifgsm": {"steps": 3},
-               "cw": {"steps": 3, "search_steps": 2}, "deepfool": {"steps": 3, "candidates": 3}}
+               "cw": {"steps": 3, "search_steps": 2}, "deepfool": {"steps": 3, "candidates": 3},
+               "fab": {"steps": 3}, "fab-t": {"steps": 3, "target_classes": 2}, "square": {"queries": 20}}
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())

@@ -25,9 +25,12 @@ from _models import TinyBNNet
 SIDE = 32
 FAST = {"smoothgrad": {"samples": 2}, "smoothgrad-sq": {"samples": 2}, "vargrad": {"samples": 2},
         "integrated-gradients": {"steps": 4}, "expected-gradients": {"samples": 2}, "rise": {"masks": 8},
+        "lime": {"samples": 8}, "kernel-shap": {"samples": 8},
+        "sobol": {"cells": 4, "designs": 4}, "hsic": {"designs": 16},
         "occlusion": {"window": 8, "stride": 8}}
 ATTACK_FAST = {"ascent": {"max_steps": 2}, "lab": {"max_steps": 2}, "pgd": {"steps": 2}, "mifgsm": {"steps": 2},
-               "cw": {"steps": 2, "search_steps": 1}, "deepfool": {"steps": 2, "candidates": 3}}
+               "cw": {"steps": 2, "search_steps": 1}, "deepfool": {"steps": 2, "candidates": 3},
+               "fab": {"steps": 2}, "fab-t": {"steps": 2, "target_classes": 2}, "square": {"queries": 10}}
 
 
 def _capture(clf: fv.Classifier, x: torch.Tensor) -> None:

@@ -11,8 +11,9 @@ from types import ModuleType as _ModuleType
 
 from featvis import concepts, samples
 from featvis._alloc import tune_allocator
-from featvis.adversarial import FoolingResult, RobustnessResult, fool, robustness
+from featvis.adversarial import FoolingResult, RobustnessResult, autoattack, fool, robustness
 from featvis.attribution import explain, saliency
+from featvis.attribution.units import unit
 from featvis.concepts import tcav
 from featvis.data import Dataset
 from featvis.errors import FeatvisError
@@ -56,6 +57,7 @@ __all__ = [
     "RobustnessResult",
     "__version__",
     "accentuate",
+    "autoattack",
     "available_models",
     "capture",
     "class_visualization",
@@ -84,4 +86,5 @@ __all__ = [
     "save_image",
     "tcav",
     "tune_allocator",
+    "unit",
 ]

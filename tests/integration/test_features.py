@@ -22,7 +22,7 @@ from featvis.models import frozen
 from _cases import Built
 
 # Fewer samples/steps/masks: the same code paths, at a fraction of the time.
-FAST_OPTIONS = {"samples": 4, "steps": 4, "masks": 64, "window": 16, "stride": 16}
+FAST_OPTIONS = {"samples": 4, "steps": 4, "masks": 64, "window": 16, "stride": 16, "designs": 4, "cells": 4}
 FAST_ATTACK = {"ascent": {"max_steps": 30}, "lab": {"max_steps": 30}, "cw": {"steps": 30, "search_steps": 1, "lr": 0.05},
                "deepfool": {"candidates": 3, "steps": 10}, "pgd": {"steps": 10}, "mifgsm": {"steps": 10}}
 EPS = 8 / 255  # for attacks whose budget has no default
@@ -37,8 +37,8 @@ def _state(net: torch.nn.Module):
 
 def _expected_refusal(built: Built, method: str) -> str | None:
     """The one-line refusal a method must give on this architecture, or None if it applies."""
-    if method == "guided-backprop" and not built.case.relu_only:
-        return r"^guided-backprop is defined for ReLU networks and this model uses (GELU|SiLU|Hardswish)"
+    if method in ("guided-backprop", "deconvnet", "guided-gradcam") and not built.case.relu_only:
+        return rf"^{method} is defined for ReLU networks and this model uses (GELU|SiLU|Hardswish)"
     if ATTRIBUTIONS.get(method).info.get("needs") == "attention" and not built.case.vit:
         return r"^this model \(\w+\) has no self-attention layers"
     return None

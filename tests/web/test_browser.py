@@ -9,8 +9,10 @@ import re
 import shutil
 
 import pytest
+import torch
 
 import featvis as fv
+from featvis.attribution.units import unit_classifier
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -91,6 +93,27 @@ def test_page_classifies_explains_fools_and_visualizes(context, server, tmp_path
     assert page.eval_on_selector("#vis-img", "e => e.naturalWidth") == 128
     assert page.inner_text("#page-status") == page.inner_text("#photo-status") == ""
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+
+def test_a_visualized_channel_links_to_the_pixels_that_drive_it(context, server, clf):
+    page = loaded(open_page(context, server))
+    page.select_option("#vis-kind", "channel")
+    page.fill("#vis-layer", "blocks.8")
+    page.fill("#vis-channel", "17")
+    page.fill("#vis-steps", "4")
+    page.click("#run-vis")
+    page.wait_for_function("document.querySelector('#vis-status').textContent.startsWith('done')", timeout=120000)
+    assert page.is_visible("#vis-drive") and page.is_disabled("#vis-drive")  # no photo yet
+    page.select_option("#sample", "coffee")
+    page.wait_for_function("document.querySelector('#top5').dataset.top1 == '967'", timeout=30000)
+    page.click("#vis-drive")
+    page.wait_for_selector("#sal-img:not([hidden])", timeout=60000)
+    status = page.inner_text("#sal-status")
+    assert "pixels driving unit blocks.8:17" in status
+    value = float(re.search(r"this photo: (-?[0-9.]+)", status).group(1))
+    with torch.no_grad():  # the value the page shows is the channel's mean activation on the photo
+        expected = float(unit_classifier(clf, "layer:blocks.8:17")(fv.samples.load("coffee", clf).reshape(1, 3, 224, 224)))
+    assert value == pytest.approx(expected, abs=2e-3)
 
 
 def test_a_photo_over_the_limit_is_refused_before_it_is_sent(context, server, tmp_path):

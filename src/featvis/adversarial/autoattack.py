@@ -14,7 +14,9 @@ from featvis._ops import Seed, _single
 from featvis._types import Result
 from featvis.adversarial._base import ATTACKS, attack_inputs
 from featvis.adversarial.apgd import STEPS, TARGET_CLASSES, _losses, apgd_t_run, restarts_run, top_classes
+from featvis.adversarial.fab import fab_run, fab_t_run, within
 from featvis.adversarial.pgd import EPS_L2, EPS_LINF, _check_norm
+from featvis.adversarial.square import square_run
 from featvis.errors import FeatvisError
 from featvis.images import quantize
 from featvis.models.classifier import frozen
@@ -23,14 +25,16 @@ SQUARE_QUERIES = 5000  # the standard version's query budget (reference code, se
 EOT_ITER = 20  # gradient draws per step for randomized models (version "rand", reference code)
 PLUS_RESTARTS = 5  # restarts of APGD and FAB in the "plus" version (reference code)
 
-# (name in the results, attack, options): "apgd-*" run in this module, the others through the registry by name
+# (name in the results, attack, options): APGD, FAB and Square run in this module (so rounding=False keeps their
+# float images), any other name through the registry. FAB-T is the reference's: targeted FAB toward each of the
+# top-9 classes, crossing its boundary with the true class, succeeding on any misclassification.
 VERSIONS: dict[str, list[tuple[str, str, dict]]] = {
-    "standard": [("apgd-ce", "apgd", {"loss": "ce"}), ("apgd-t", "apgd-t", {}), ("fab-t", "fab", {"targeted": True}),
+    "standard": [("apgd-ce", "apgd", {"loss": "ce"}), ("apgd-t", "apgd-t", {}), ("fab-t", "fab-t", {}),
                  ("square", "square", {"queries": SQUARE_QUERIES})],
     "plus": [("apgd-ce", "apgd", {"loss": "ce", "restarts": PLUS_RESTARTS}),
              ("apgd-dlr", "apgd", {"loss": "dlr", "restarts": PLUS_RESTARTS}),
              ("fab", "fab", {"restarts": PLUS_RESTARTS}), ("square", "square", {"queries": SQUARE_QUERIES}),
-             ("apgd-t", "apgd-t", {}), ("fab-t", "fab", {"targeted": True})],
+             ("apgd-t", "apgd-t", {}), ("fab-t", "fab-t", {})],
     "rand": [("apgd-ce", "apgd", {"loss": "ce", "eot_iter": EOT_ITER}),
              ("apgd-dlr", "apgd", {"loss": "dlr", "eot_iter": EOT_ITER})],
 }
@@ -96,17 +100,16 @@ def autoattack(clf, images: torch.Tensor, labels=None, *, eps: float | None = No
 
     "standard": APGD-CE, APGD-T (targeted DLR, top-9 classes), FAB-T, Square (5000 queries); "plus": APGD-CE and
     APGD-DLR with 5 restarts, FAB with 5 restarts, Square, APGD-T, FAB-T; "rand" (randomized models): APGD-CE and
-    APGD-DLR with gradients averaged over 20 draws. Every attack runs only on the images still robust. FAB and Square
-    are looked up in the attack registry when the suite runs; one that is not registered is skipped, with a note.
+    APGD-DLR with gradients averaged over 20 draws. Every attack runs only on the images still robust.
 
     Args:
         labels: the true classes (indices or names, one per image); None uses the model's predictions, so clean
             accuracy is 1 and robust accuracy is the share whose prediction no attack changes.
         eps: budget in [0, 1] pixel units (default 8/255 for L∞, 1.0 for L2).
         version: "standard", "plus" or "rand".
-        steps: APGD iterations per run (100, as in the reference).
+        steps: APGD and FAB iterations per run (100, as in the reference).
         rounding: judge the 8-bit images (default); off judges the float images, as the reference code does
-            (budgets under half an 8-bit level change nothing once rounded). FAB and Square are judged 8-bit.
+            (budgets under half an 8-bit level change nothing once rounded).
         callback: called as callback(attacks done, images still robust).
 
     Returns:
@@ -138,6 +141,9 @@ def autoattack(clf, images: torch.Tensor, labels=None, *, eps: float | None = No
         if attack in ("apgd", "apgd-t"):
             adv = _apgd(clf, x[rows], y[rows], probs[rows], attack, opts, eps=eps, norm=norm, steps=steps,
                         seed=sub_seed, rounding=rounding)
+        elif attack in ("fab", "fab-t", "square"):
+            adv = _fab_square(clf, x[rows], y[rows], probs[rows], attack, opts, eps=eps, norm=norm, steps=steps,
+                              seed=sub_seed, rounding=rounding)
         else:
             adv, note = _registered(clf, x[rows], y[rows], probs[rows], attack, opts, eps=eps, norm=norm,
                                     seed=sub_seed)
@@ -173,10 +179,25 @@ def _apgd(clf, x, y, probs, attack: str, opts: dict, *, eps: float, norm: str, s
     return adv
 
 
+def _fab_square(clf, x, y, probs, attack: str, opts: dict, *, eps: float, norm: str, steps: int, seed: Seed,
+                rounding: bool) -> torch.Tensor:
+    """FAB (untargeted, the top-9 boundaries per step), FAB-T or Square on still-robust images: the image found
+    within ε (8-bit when `rounding`, else float), the original where none was."""
+    if attack == "square":
+        return square_run(clf, x, y, False, eps=eps, norm=norm, queries=opts["queries"], seed=seed,
+                          rounding=rounding)[0]
+    run = {"eps": eps, "norm": norm, "steps": steps, "restarts": opts.get("restarts", 1), "seed": seed,
+           "rounding": rounding}
+    if attack == "fab-t":
+        best, size, _ = fab_t_run(clf, x, y, top_classes(probs, TARGET_CLASSES), **run)
+    else:
+        best, size, _ = fab_run(clf, x, y, lambda p, rows: p != y[rows], candidates=TARGET_CLASSES, **run)
+    return within(best, x, size, eps)
+
+
 def _registered(clf, x, y, probs, attack: str, opts: dict, *, eps: float, norm: str, seed: Seed
                 ) -> tuple[torch.Tensor | None, str]:
-    """FAB / FAB-T / Square through the registry (written elsewhere): (the images, "") or (None, why skipped).
-    FAB-T is FAB toward each of the top-9 other classes in turn, on the images not broken yet."""
+    """Any other attack, untargeted, through the registry: (the images, "") or (None, why skipped)."""
     if attack not in ATTACKS:
         return None, f"attack {attack!r} is not registered"
     spec = ATTACKS.get(attack)
@@ -189,23 +210,7 @@ def _registered(clf, x, y, probs, attack: str, opts: dict, *, eps: float, norm: 
     if "restarts" in opts and "restarts" in spec.options:
         kw["restarts"] = opts["restarts"]
     kw = {k: v for k, v in kw.items() if k in spec.options}
-    if not opts.get("targeted"):
-        return spec(clf, x, None, **kw).images, ""
-    if not spec.info.get("targeted"):
-        return None, f"{attack} has no targeted mode"
-    adv = x.clone()
-    left = torch.arange(x.shape[0], device=x.device)
-    tops = top_classes(probs, TARGET_CLASSES)
-    for j in range(tops.shape[1]):
-        if len(left) == 0:
-            break
-        if not _single(seed):
-            kw["seed"] = [seed[int(i)] for i in left]
-        res = spec(clf, x[left], tops[left, j], **kw)
-        hit = res.predicted != y[left]
-        adv[left[hit]] = res.images[hit]
-        left = left[~hit]
-    return adv, ""
+    return spec(clf, x, None, **kw).images, ""
 
 
 __all__ = ["VERSIONS", "AutoAttackResult", "autoattack"]

@@ -180,14 +180,14 @@ def _judge(clf, cur: torch.Tensor, x0: torch.Tensor, rows: torch.Tensor, success
     return torch.where(per_image(pick), kept[n:], kept[:n]), ok[:n] | ok[n:], torch.minimum(size[:n], size[n:])
 
 
-def _options(norm: str, eps, steps, restarts, alpha_max, eta, beta) -> dict:
+def _options(norm: str, eps, steps, restarts, alpha_max, eta, beta, rounding) -> dict:
     if not 0 < beta < 1 or eta < 1:
         raise FeatvisError(f"fab needs 0 < beta < 1 and eta >= 1, got beta={beta}, eta={eta}")
     return {"norm": norm, "eps": eps, "steps": steps, "restarts": restarts, "alpha_max": alpha_max, "eta": eta,
-            "beta": beta}
+            "beta": beta, "rounding": rounding}
 
 
-def _within(best: torch.Tensor, x: torch.Tensor, size: torch.Tensor, eps: float | None) -> torch.Tensor:
+def within(best: torch.Tensor, x: torch.Tensor, size: torch.Tensor, eps: float | None) -> torch.Tensor:
     """The images to keep: the adversarial found, or (with a budget) the original where it lies beyond ε."""
     keep = torch.isfinite(size) if eps is None else size <= eps
     return torch.where(per_image(keep), best, x)
@@ -197,16 +197,17 @@ def _within(best: torch.Tensor, x: torch.Tensor, size: torch.Tensor, eps: float 
 def fab(clf, images: torch.Tensor, target=None, *, norm: str = "linf", eps: float | None = None,
         steps: Count = STEPS, restarts: Count = 1, alpha_max: Fraction = ALPHA_MAX,
         eta: Annotated[float, Range(1)] = ETA, beta: Fraction = BETA,
-        candidates: Annotated[int | None, Range(1)] = TARGET_CLASSES, seed: Seed = 0, callback=None
-        ) -> FoolingResult:
+        candidates: Annotated[int | None, Range(1)] = TARGET_CLASSES, seed: Seed = 0, rounding: bool = True,
+        callback=None) -> FoolingResult:
     """Fast Adaptive Boundary attack: the smallest change in `norm` found that makes the model say the target (or
     anything else than it said), by projections onto the linearized decision boundary (Croce & Hein 2020).
 
     Without `eps` it is a minimal-norm attack and keeps the smallest adversarial found. With `eps` (AutoAttack's
     use, and robustness curves) success means an adversarial within ε: an image whose smallest one lies beyond ε
     comes back unchanged, and it stops as soon as it has one within. Norms and success are those of the 8-bit
-    image kept. The model is linearized at the float iterate. Targeted, it crosses the boundary between the target
-    and the strongest other class. For AutoAttack's FAB-T (the top-9 classes in turn) see "fab-t".
+    image kept (of the float image with rounding off). The model is linearized at the float iterate. Targeted, it
+    crosses the boundary between the target and the strongest other class. For AutoAttack's FAB-T (the top-9
+    classes in turn) see "fab-t".
 
     Args:
         norm: "linf", "l2" or "l1", in [0, 1] pixel units.
@@ -219,6 +220,8 @@ def fab(clf, images: torch.Tensor, target=None, *, norm: str = "linf", eps: floa
         candidates: untargeted, the boundaries of this many of the strongest other classes at each step (the
             paper uses all; with 1000 classes a step would cost 1000 backward passes); None: all.
         seed: seeds target="random" and the restarts' random starts.
+        rounding: success and norms are those of the 8-bit image kept (off: of the float image, as the reference
+            code judges; budgets under an 8-bit level can only be met that way).
 
     Returns:
         FoolingResult; `params["norms"]` [B] holds the smallest norm found (inf where none).
@@ -229,14 +232,14 @@ def fab(clf, images: torch.Tensor, target=None, *, norm: str = "linf", eps: floa
     norm = check_norm(norm)
     if norm == "l0":
         raise FeatvisError("fab takes norm 'linf', 'l2' or 'l1' (for l0 use fmn)")
-    params = _options(norm, eps, steps, restarts, alpha_max, eta, beta)
+    params = _options(norm, eps, steps, restarts, alpha_max, eta, beta, rounding)
     x = attack_inputs(clf, images)
     targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     best, size, taken = fab_run(clf, x, original, lambda p, rows: fooled(p, None if targets is None else targets[rows],
                                                                    original[rows]),
                                 targets=targets, rival="strongest", seed=seed, callback=callback,
                                 candidates=candidates, **params)
-    return finish("fab", clf, x, _within(best, x, size, eps), targets, original, taken,
+    return finish("fab", clf, x, within(best, x, size, eps), targets, original, taken,
                   {**params, "candidates": candidates, "norms": size.tolist()}, probs)
 
 
@@ -245,7 +248,7 @@ def fab(clf, images: torch.Tensor, target=None, *, norm: str = "linf", eps: floa
 def fab_t(clf, images: torch.Tensor, target=None, *, norm: str = "linf", eps: float | None = None,
           steps: Count = STEPS, restarts: Count = 1, target_classes: Count = TARGET_CLASSES,
           alpha_max: Fraction = ALPHA_MAX, eta: Annotated[float, Range(1)] = ETA, beta: Fraction = BETA,
-          seed: Seed = 0, callback=None) -> FoolingResult:
+          seed: Seed = 0, rounding: bool = True, callback=None) -> FoolingResult:
     """FAB-T: targeted FAB toward each of the most likely other classes in turn, AutoAttack's way (Croce & Hein
     2020); one backward pass per step, so it suits models with many classes.
 
@@ -263,16 +266,28 @@ def fab_t(clf, images: torch.Tensor, target=None, *, norm: str = "linf", eps: fl
         alpha_max: the largest weight of the step taken from the original (0.1, as in the paper).
         eta: overshoot past the hyperplane (1.05).
         beta: after a success, step back to β·(adversarial − original) (0.9).
+        rounding: success and norms are those of the 8-bit image kept (off: of the float image).
     """
     norm = check_norm(norm)
     if norm == "l0":
         raise FeatvisError("fab-t takes norm 'linf', 'l2' or 'l1' (for l0 use fmn)")
-    params = _options(norm, eps, steps, restarts, alpha_max, eta, beta)
+    params = _options(norm, eps, steps, restarts, alpha_max, eta, beta, rounding)
     if target is not None:
         return replace(fab(clf, images, target, seed=seed, callback=callback, **params), method="fab-t")
     x = attack_inputs(clf, images)
     _, original, probs = resolve_attack_targets(clf, x, None, seed)
     tops = top_classes(probs, target_classes)
+    best, size, taken = fab_t_run(clf, x, original, tops, seed=seed, callback=callback, **params)
+    return finish("fab-t", clf, x, within(best, x, size, eps), None, original, taken,
+                  {**params, "target_classes": tops.shape[1], "norms": size.tolist()}, probs)
+
+
+def fab_t_run(clf, x: torch.Tensor, original: torch.Tensor, tops: torch.Tensor, *, eps: float | None = None,
+              steps: int = STEPS, restarts: int = 1, seed: Seed = 0, callback=None, **run_options
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FAB-T the AutoAttack way: targeted FAB toward each column of `tops` [B, count] in turn, crossing the boundary
+    between it and the original class, succeeding when the prediction changes; with `eps` each class runs only on
+    the images without an adversarial within ε yet. Returns (best image, its norm [B] (inf: none), steps [B])."""
     best = x.clone()
     size = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
     taken = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -282,12 +297,12 @@ def fab_t(clf, images: torch.Tensor, target=None, *, norm: str = "linf", eps: fl
             break
         sub = seed + j * restarts if _single(seed) else [int(seed[int(i)]) + j * restarts for i in rows]
         b, n, t = fab_run(clf, x[rows], original[rows], lambda p, i, rows=rows: p != original[rows[i]],
-                          targets=tops[rows, j], rival="original", seed=sub, callback=callback, **params)
+                          targets=tops[rows, j], rival="original", eps=eps, steps=steps, restarts=restarts,
+                          seed=sub, callback=callback, **run_options)
         better = n < size[rows]
         best[rows[better]], size[rows[better]] = b[better], n[better]
         taken[rows] += torch.where(torch.isfinite(n), t, torch.full_like(t, steps * restarts))
-    return finish("fab-t", clf, x, _within(best, x, size, eps), None, original, taken,
-                  {**params, "target_classes": tops.shape[1], "norms": size.tolist()}, probs)
+    return best, size, taken
 
 
-__all__ = ["fab", "fab_run", "fab_t", "project_to_hyperplane"]
+__all__ = ["fab", "fab_run", "fab_t", "fab_t_run", "project_to_hyperplane", "within"]

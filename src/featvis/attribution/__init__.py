@@ -19,7 +19,23 @@ from dataclasses import dataclass
 import torch
 
 from featvis._types import Result
-from featvis.attribution import cam, expected, gradient, integrated, occlusion, rise, smoothgrad, vit  # noqa: F401 (registers)
+from featvis.attribution import (  # noqa: F401 (registers the methods; smooth: the smooth:METHOD families)
+    cam,
+    deeplift,
+    expected,
+    gradient,
+    guided_gradcam,
+    hsic,
+    integrated,
+    lrp,
+    occlusion,
+    rise,
+    smooth,
+    smoothgrad,
+    sobol,
+    surrogate,
+    vit,
+)
 from featvis.attribution._base import ATTRIBUTIONS, REDUCTIONS, SCORES, resolve_targets
 
 

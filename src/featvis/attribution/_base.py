@@ -9,17 +9,19 @@ import torch
 
 from featvis import _progress
 from featvis._registry import SpecRegistry
+from featvis.attribution.units import with_units
 from featvis.errors import FeatvisError
 from featvis.images import check_images
 from featvis.models.classifier import frozen
 
 # Every method takes (clf, images, target) and `batch_size` (documented once, in featvis.attribution); the rest of
 # its keyword-only parameters are its options, read from its signature and docstring by the registry.
+# Every call through the registry also takes a unit target (layer:NAME:C; featvis.attribution.units).
 ATTRIBUTIONS = SpecRegistry("attribution method", shared=("batch_size", "return_delta"), common_help={
     "score": 'what is explained: "logit" (default), "log-prob" or "prob" of the target class',
     "reduce": 'channel reduction: "max-abs", "abs-sum", "l2", "sum" (signed) or "none" ([B, 3, H, W])',
     "seed": "seeds the method's random draws (an int, or one per image); same seed, same map",
-})
+}, wrap=with_units)
 
 SCORES = ("logit", "log-prob", "prob")
 REDUCTIONS = ("max-abs", "abs-sum", "l2", "sum", "none")

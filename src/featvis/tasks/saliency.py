@@ -11,6 +11,7 @@ import torch
 
 from featvis._io import npy_bytes
 from featvis.attribution._base import SCORES  # the one list of scores a method can explain
+from featvis.attribution.units import is_unit, parse_unit, unit_classifier
 from featvis.errors import FeatvisError, did_you_mean
 from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, param, register
 from featvis.tasks.classify import accuracy_summary, add_accuracy, per_class
@@ -69,8 +70,10 @@ def batch_targets(clf, images: torch.Tensor, target, labels: list[int | None]) -
 class SaliencyParams:
     methods: tuple[str, ...] = param(("gradient",), help="Method name(s), comma-separated (see `featvis methods`).",
                                      flag="--method", metavar="NAMES")
-    target: str | int | None = param(None, help="Class index or name, 'true' (each image's label), or leave it out for "
-                                            "the predicted class.", short="-t", metavar="CLASS")
+    target: str | int | None = param(None, help="Class index or name, 'true' (each image's label), an internal unit "
+                                     "(layer:blocks.8:17 a channel, layer:blocks.8:17@7,7 a neuron, "
+                                     "layer:blocks.8:dir=v.npy a direction), or leave it out for the predicted "
+                                     "class.", short="-t", metavar="CLASS")
     score: str = param("logit", help="What is explained: logit, log-prob or prob.", metavar="SCORE")
     metrics: bool = param(False, help="Deletion/insertion AUC per map (RISE protocol).")
     metric_steps: int | None = param(None, help="Deletion/insertion steps (default: the image side, RISE's protocol).",
@@ -92,6 +95,14 @@ class SaliencyParams:
             raise FeatvisError(f"unknown score {self.score!r}; use one of {', '.join(SCORES)}")
         if self.target is not None and str(self.target).strip().lower() == "predicted":
             object.__setattr__(self, "target", None)
+        if is_unit(self.target):
+            parse_unit(self.target)  # its spelling is checked here, its layer and channel when the model runs
+            if self.score != "logit":
+                raise FeatvisError(f"score {self.score!r} needs class probabilities; a unit target (layer:...) is "
+                                   "explained by its value: drop --score")
+            if self.metrics:
+                raise FeatvisError("deletion/insertion curves measure a class probability; drop --metrics for a unit "
+                                   "target (layer:...)")
         if self.metric_steps is not None and self.metric_steps < 2:
             raise FeatvisError(f"metric_steps must be at least 2, got {self.metric_steps}")
 
@@ -104,6 +115,12 @@ class SaliencyTask(ClassTarget, Task):
     title = "Saliency maps"
     Params = SaliencyParams
 
+    def prepare(self, clf) -> None:
+        if is_unit(self.params.target):
+            unit_classifier(clf, self.params.target)  # an unknown layer fails here, before any image is read
+        else:
+            super().prepare(clf)
+
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis import _progress
         from featvis.attribution import ATTRIBUTIONS
@@ -115,15 +132,17 @@ class SaliencyTask(ClassTarget, Task):
 
         p = self.params
         x = batch.images
-        targets = batch_targets(clf, x, p.target, batch.labels)
+        unit = unit_classifier(clf, p.target) if is_unit(p.target) else None
+        targets = batch_targets(clf, x, p.target, batch.labels) if unit is None else None
         with torch.no_grad(), frozen(clf):
             probs = clf(x).softmax(-1)
+            values = None if unit is None else unit(x)[:, 0]
         maps, seconds = {}, {}
         for i, name in enumerate(p.methods):
             _progress.update(f"map: {name}", i, len(p.methods))
             t0 = time.perf_counter()
-            maps[name] = ATTRIBUTIONS.get(name)(clf, x, targets, **method_options(name, p.options, batch.seeds,
-                                                                                  p.score))
+            maps[name] = ATTRIBUTIONS.get(name)(clf, x, targets if unit is None else unit.unit,
+                                                **method_options(name, p.options, batch.seeds, p.score))
             seconds[name] = (time.perf_counter() - t0) / len(batch)
         curves: dict[str, dict[str, torch.Tensor]] = {}  # method → {"deletion": AUC [B], "insertion": AUC [B]}
         if p.metrics:  # evaluate's own deletion/insertion (the "curves" metric group), against its random map
@@ -136,15 +155,20 @@ class SaliencyTask(ClassTarget, Task):
                 curves[name] = group(Context(clf, x, targets, m, None, {}, batch.seeds, {"pixels_per_step": pps}))
         outputs = []
         for i, item in enumerate(batch.items):
-            t = int(targets[i])
             pred = int(probs[i].argmax())
             arts = {f"maps/{item.key}/{n}.npy": npy_bytes(maps[n][i]) for n in p.methods}
-            rec: dict[str, Any] = {"target": t, "target_name": clf.labels[t], "prob": float(probs[i, t]),
-                                   "predicted": pred, "predicted_name": clf.labels[pred],
-                                   "maps": {n: f"maps/{item.key}/{n}.npy" for n in p.methods},
-                                   "seconds": {n: round(s, 5) for n, s in seconds.items()}}
-            if p.figures:
+            if unit is None:
+                t = int(targets[i])
+                rec: dict[str, Any] = {"target": t, "target_name": clf.labels[t], "prob": float(probs[i, t])}
                 title = f"{clf.labels[t]} ({t}) p={probs[i, t]:.3f}"
+            else:  # an internal unit: its value stands where a class's probability would
+                rec = {"target": unit.labels[0], "target_name": unit.labels[0], "prob": None,
+                       "unit_value": float(values[i])}
+                title = f"unit {unit.labels[0]} = {float(values[i]):.3g}"
+            rec |= {"predicted": pred, "predicted_name": clf.labels[pred],
+                    "maps": {n: f"maps/{item.key}/{n}.npy" for n in p.methods},
+                    "seconds": {n: round(s, 5) for n, s in seconds.items()}}
+            if p.figures:
                 if len(p.methods) == 1:
                     fig = saliency_panels(x[i:i + 1], maps[p.methods[0]][i:i + 1], [title], method=p.methods[0],
                                           shared_scale=p.shared_scale)
