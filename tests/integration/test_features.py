@@ -39,6 +39,8 @@ def _expected_refusal(built: Built, method: str) -> str | None:
     """The one-line refusal a method must give on this architecture, or None if it applies."""
     if method in ("guided-backprop", "deconvnet", "guided-gradcam") and not built.case.relu_only:
         return rf"^{method} is defined for ReLU networks and this model uses (GELU|SiLU|Hardswish)"
+    if method == "lrp" and built.case.vit:
+        return r"^lrp has no rules for self-attention"
     if ATTRIBUTIONS.get(method).info.get("needs") == "attention" and not built.case.vit:
         return r"^this model \(\w+\) has no self-attention layers"
     return None
