@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from featvis.adversarial import apgd, ascent, cw, ddn, deepfool, fab, fmn, pgd  # noqa: F401 (registers; square: not yet)
+from featvis.adversarial import apgd, ascent, cw, ddn, deepfool, fab, fmn, pgd, square  # noqa: F401 (registers)
 from featvis.adversarial._base import ATTACKS
 from featvis.adversarial.autoattack import AutoAttackResult, autoattack
 from featvis.adversarial.result import FoolingResult
