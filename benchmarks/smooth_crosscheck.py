@@ -25,13 +25,13 @@ featvis/Captum ratio.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import torch
 from captum.attr import (
     Deconvolution,
@@ -41,32 +41,16 @@ from captum.attr import (
     NoiseTunnel,
     Saliency,
 )
-from torch import nn
 
 import featvis as fv
 from featvis.attribution import saliency
 from featvis.attribution.smooth import NOISE, noisy_copies
 from featvis.layers import default_layer, find_layer
 
+from _captum import captum_copy
 from _common import machine, save
 
 NT_TYPES = {"smooth": "smoothgrad", "smooth-sq": "smoothgrad_sq", "vargrad": "vargrad"}
-
-
-class ReLU6AsReLU(nn.ReLU):
-    """ReLU6 that Captum's modified-gradient methods hook (they look for `nn.ReLU` only)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(0, 6)
-
-
-def captum_copy(clf: fv.Classifier) -> fv.Classifier:
-    out = copy.deepcopy(clf)
-    for parent in out.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.ReLU6):
-                setattr(parent, name, ReLU6AsReLU())
-    return out
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:

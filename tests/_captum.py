@@ -1,10 +1,15 @@
-"""A Captum concept classifier that trains exactly as featvis's linear CAV (the same split, SGD options and seed), so
-Captum's TCAV and featvis's can be compared on identical CAVs (tests/concepts/test_tcav.py and
-benchmarks/tcav_crosscheck.py, which puts this folder on its path)."""
+"""Captum made comparable to featvis, for the tests and the cross-check benchmarks (which put this folder on their
+path): a concept classifier that trains exactly as featvis's linear CAV (the same split, SGD options and seed), so
+Captum's TCAV and featvis's compare on identical CAVs (tests/concepts/test_tcav.py, benchmarks/tcav_crosscheck.py);
+and a copy of a model whose ReLU6 Captum's modified-gradient methods hook (tests/attribution/test_smooth.py,
+benchmarks/smooth_crosscheck.py)."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from torch import nn
 
 from featvis.concepts.cav import SGD_OPTIONS, split_indices
 
@@ -36,3 +41,20 @@ def same_classifier(random_id: int = 100):
             return self.ids
 
     return Same()
+
+
+class ReLU6AsReLU(nn.ReLU):
+    """ReLU6 that Captum's modified-gradient methods recognize (they hook `nn.ReLU` only)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0, 6)
+
+
+def captum_copy(clf):
+    """A deep copy of `clf` whose ReLU6 modules are `ReLU6AsReLU` (the same function, one Captum hooks)."""
+    out = copy.deepcopy(clf)
+    for parent in out.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.ReLU6):
+                setattr(parent, name, ReLU6AsReLU())
+    return out

@@ -13,6 +13,7 @@ from featvis.attribution import ATTRIBUTIONS, saliency
 from featvis.attribution.smooth import noisy_copies
 from featvis.errors import FeatvisError
 
+from _captum import captum_copy
 from _models import TinyConvNet
 
 
@@ -37,22 +38,6 @@ class SmallNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act2(self.conv2(self.act1(self.conv1(x))))
         return self.fc(self.pool(x).flatten(1))
-
-
-class ReLU6AsReLU(nn.ReLU):
-    """ReLU6 that Captum's modified-gradient methods recognize (they hook `nn.ReLU` only)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(0, 6)
-
-
-def captum_copy(clf: fv.Classifier) -> fv.Classifier:
-    out = copy.deepcopy(clf)
-    for parent in out.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.ReLU6):
-                setattr(parent, name, ReLU6AsReLU())
-    return out
 
 
 @pytest.fixture(scope="module")
