@@ -176,7 +176,10 @@ def with_units(fn: Callable) -> Callable:
         if options.get("score", "logit") != "logit":
             raise FeatvisError(f"score {options['score']!r} needs class probabilities; a unit target explains the "
                                "unit's value: use score=logit")
-        uclf = unit_classifier(clf.base if isinstance(clf, UnitClassifier) else clf, target)
+        if isinstance(clf, UnitClassifier) and target is clf.unit:  # built by the caller for this unit: reuse it
+            uclf = clf
+        else:
+            uclf = unit_classifier(clf.base if isinstance(clf, UnitClassifier) else clf, target)
         if "layer" in _parameters(fn) and options.get("layer") is None:
             options["layer"] = uclf.unit.layer  # a CAM layer after the unit's would never run
         return fn(uclf, images, 0, *args, **options)

@@ -141,8 +141,9 @@ class SaliencyTask(ClassTarget, Task):
         for i, name in enumerate(p.methods):
             _progress.update(f"map: {name}", i, len(p.methods))
             t0 = time.perf_counter()
-            maps[name] = ATTRIBUTIONS.get(name)(clf, x, targets if unit is None else unit.unit,
-                                                **method_options(name, p.options, batch.seeds, p.score))
+            model, target = (clf, targets) if unit is None else (unit, unit.unit)  # a unit: its classifier, built once
+            options = method_options(name, p.options, batch.seeds, p.score)
+            maps[name] = ATTRIBUTIONS.get(name)(model, x, target, **options)
             seconds[name] = (time.perf_counter() - t0) / len(batch)
         curves: dict[str, dict[str, torch.Tensor]] = {}  # method → {"deletion": AUC [B], "insertion": AUC [B]}
         if p.metrics:  # evaluate's own deletion/insertion (the "curves" metric group), against its random map
