@@ -9,7 +9,7 @@ nbclient = pytest.importorskip("nbclient")
 @pytest.mark.timeout(900)  # over a minute on a loaded 2-core machine: the default 300 s is too tight
 @pytest.mark.slow
 def test_example_notebook_runs_top_to_bottom():
-    path = Path(__file__).parents[1] / "examples" / "quickstart.ipynb"
+    path = Path(__file__).parents[1] / "docs" / "tutorials" / "quickstart.ipynb"
     nb = nbformat.read(path, as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

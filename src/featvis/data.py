@@ -116,8 +116,8 @@ class Dataset:
         return any(i.label is not None for i in self.items)
 
     @classmethod
-    def from_inputs(cls, inputs: Sequence[str | os.PathLike], *, labels=None, imagefolder: bool = False,
-                    needs: str | None = None) -> Dataset:
+    def from_inputs(cls, inputs: Sequence[str | os.PathLike], *, labels: Sequence[str] | None = None,
+                    imagefolder: bool = False, needs: str | None = None) -> Dataset:
         """Files, folders, globs and list files; with `imagefolder`, folders are read as one sub-folder per class.
 
         Args:

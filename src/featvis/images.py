@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -260,7 +261,8 @@ def resize(images: torch.Tensor, size: int, crop_fraction: float = 1.0) -> torch
     return images[..., top:top + size, left:left + size]
 
 
-def load_image(src: ImageSource, clf=None, *, size: int | None = None, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def load_image(src: ImageSource, clf: Any = None, *, size: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """Load one image as [1, 3, S, S] in [0, 1], resized and center-cropped the way `clf` expects.
 
     Args:
@@ -316,10 +318,12 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
+    """A [3, H, W] / [1, 3, H, W] image in [0, 1] as an 8-bit RGB PIL image (rounded, as `save_image` writes it)."""
     return Image.fromarray(to_uint8(image))
 
 
 def encode_png(image: torch.Tensor | Image.Image) -> bytes:
+    """The PNG file bytes of an image tensor in [0, 1] or a PIL image (what the web app and the reports embed)."""
     im = image if isinstance(image, Image.Image) else to_pil(image)
     buf = io.BytesIO()
     im.save(buf, format="PNG")

@@ -12,6 +12,8 @@ name (`ATTACKS.names()`); `fool(clf, images, target, method=NAME)` calls one.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from featvis.adversarial import apgd, ascent, cw, ddn, deepfool, fab, fmn, pgd, square  # noqa: F401 (registers)
@@ -20,9 +22,12 @@ from featvis.adversarial.autoattack import AutoAttackResult, autoattack
 from featvis.adversarial.result import FoolingResult
 from featvis.adversarial.robustness import RobustnessResult, robustness
 
+if TYPE_CHECKING:
+    from featvis.models.classifier import Classifier
 
-def fool(clf, images: torch.Tensor, target="random", *, method: str = "ascent", check_model=None,
-         **options) -> FoolingResult:
+
+def fool(clf: Classifier, images: torch.Tensor, target: Any = "random", *, method: str = "ascent",
+         check_model: Classifier | None = None, **options: Any) -> FoolingResult:
     """Fooling images by any registered attack (default: the lab's normalized gradient ascent).
 
     Args:

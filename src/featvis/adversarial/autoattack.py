@@ -93,8 +93,9 @@ def _labels(clf, labels, predicted: torch.Tensor) -> torch.Tensor:
     return torch.tensor(idx, device=predicted.device)
 
 
-def autoattack(clf, images: torch.Tensor, labels=None, *, eps: float | None = None, norm: str = "linf",
-               version: str = "standard", steps: int = STEPS, seed: Seed = 0, rounding: bool = True,
+def autoattack(clf, images: torch.Tensor, labels: Sequence[int | str] | torch.Tensor | None = None, *,
+               eps: float | None = None, norm: str = "linf", version: str = "standard", steps: int = STEPS,
+               seed: Seed = 0, rounding: bool = True,
                callback: Callable[[int, int], None] | None = None) -> AutoAttackResult:
     """Robust accuracy under the AutoAttack suite (Croce & Hein 2020).
 

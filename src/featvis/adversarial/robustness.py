@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -78,8 +79,9 @@ class RobustnessResult(Result):
         return self.labels[i] if self.labels else str(i)
 
 
-def robustness(clf, images: torch.Tensor, target=None, *, eps: Sequence[float] | None = None, method: str = "pgd",
-               norm: str = "linf", seed: Seed = 0, callback=None, **options) -> RobustnessResult:
+def robustness(clf, images: torch.Tensor, target: Any = None, *, eps: Sequence[float] | None = None,
+               method: str = "pgd", norm: str = "linf", seed: Seed = 0,
+               callback: Callable[[int, int], None] | None = None, **options: Any) -> RobustnessResult:
     """Run a budgeted attack at every ε (ascending) on the images not yet fooled; see RobustnessResult.
 
     Args:

@@ -49,6 +49,7 @@ def saliency(clf, images: torch.Tensor, target=None, *, method: str = "gradient"
 
 
 def methods() -> list[str]:
+    """The registered attribution methods' names (`featvis methods` lists them with their options)."""
     return ATTRIBUTIONS.names()
 
 

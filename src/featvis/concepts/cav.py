@@ -123,7 +123,9 @@ def linear_cav(concept_acts: torch.Tensor, random_acts: torch.Tensor, *, seed: i
         seed: seeds the train/test split and the SGD shuffling.
         method: "sgd" (scikit-learn SGDClassifier, hinge loss, Captum's and tensorflow/tcav's default settings)
             or "logistic" (LogisticRegression).
-        layer, concept, counterexample: names recorded in the CAV (and used in error messages).
+        layer: the layer's name, recorded in the CAV.
+        concept: the concept's name (recorded, and used in error messages).
+        counterexample: the counterexample set's name (recorded, and used in error messages).
 
     Returns:
         A `CAV` whose `vector` [D] is unit length, pointing towards the concept, with its held-out accuracy.
@@ -166,7 +168,9 @@ def fast_cav(concept_acts: torch.Tensor, random_acts: torch.Tensor, *, layer: st
     Args:
         concept_acts: [Nc, D] flattened activations of the concept images.
         random_acts: [Nr, D] flattened activations of the counterexample (random) images.
-        layer, concept, counterexample: names recorded in the CAV.
+        layer: the layer's name, recorded in the CAV.
+        concept: the concept's name, recorded in the CAV.
+        counterexample: the counterexample set's name, recorded in the CAV.
 
     Returns:
         A `CAV` whose `vector` [D] is unit length; `accuracy` is in-sample, the boundary through the pooled mean.

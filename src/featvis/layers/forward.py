@@ -15,7 +15,8 @@ from featvis.models.fast.serving import first_tensor
 from featvis.models.freeze import frozen
 
 
-def forward_until(model: nn.Module, images: torch.Tensor, layers: str | Sequence[str], *, call: int = 0):
+def forward_until(model: nn.Module, images: torch.Tensor, layers: str | Sequence[str], *,
+                  call: int = 0) -> torch.Tensor | dict[str, torch.Tensor]:
     """Run `model` on `images` only until the named layer(s) have produced output, then stop.
 
     Later layers never run, so an objective on an early layer costs a fraction of a full forward. A Classifier

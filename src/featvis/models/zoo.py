@@ -155,7 +155,8 @@ def load_model(
         trust_checkpoint: allow a local file that runs code when loaded: a TorchScript archive (its compiled
             `__setstate__` runs and can read and write files) or a pickle that needs full unpickling. Trusted files
             only; without it both are refused before any of their code runs.
-        mean, std: the normalization the network expects (default: what the source's metadata says).
+        mean: the per-channel mean of the normalization the network expects (default: the source's metadata).
+        std: the per-channel std of that normalization (default: the source's metadata).
         labels: class names, one per class (or a `Labels`); their count must match the model's outputs.
         input_size: the image side; a fixed-size architecture (ViT) is built for it, its position embedding
             resampled from the weights' size.

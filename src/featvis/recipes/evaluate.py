@@ -4,6 +4,7 @@ folder)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,9 @@ class EvaluationResult(Result):
         return self.summary["table"][method][metric]["beats_random"]
 
 
-def evaluate(clf, inputs, *, methods: tuple[str, ...] | str = "all", metrics: tuple[str, ...] | str = "default",
-             target=None, out=None, executor: Any = "local", batch_size: int | None = None, seed: int = 0,
+def evaluate(clf, inputs: Any, *, methods: tuple[str, ...] | str = "all", metrics: tuple[str, ...] | str = "default",
+             target: Any = None, out: str | os.PathLike | None = None, executor: Any = "local",
+             batch_size: int | None = None, seed: int = 0,
              options: Mapping[str, Any] | None = None) -> EvaluationResult:
     """Score attribution methods by faithfulness metrics over images, against a random map (see `featvis evaluate`).
 

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featvis._io import atomic_write_bytes, atomic_write_json, clean_temporaries, dumps, numerics, versions
 from featvis.data import Dataset, Item
@@ -31,6 +31,9 @@ from featvis.errors import FeatvisError, FeatvisWarning
 from featvis.tasks import results as fmt
 from featvis.tasks.base import Task
 from featvis.tasks.executors import make_executor
+
+if TYPE_CHECKING:
+    from featvis.models.classifier import Classifier
 
 MAX_REDO = 2  # batches redone because a finished item's file was damaged, before the run gives up
 
@@ -149,8 +152,8 @@ def _chunks(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
 
 
 def run_task(task: Task, inputs: Dataset | Sequence[str | os.PathLike] | str | os.PathLike | None,
-             out: str | os.PathLike, *, clf, executor: Any = "local", batch_size: int | None = None, seed: int = 0,
-             overwrite: bool = False, imagefolder: bool = False, progress: Progress | None = None,
+             out: str | os.PathLike, *, clf: Classifier, executor: Any = "local", batch_size: int | None = None,
+             seed: int = 0, overwrite: bool = False, imagefolder: bool = False, progress: Progress | None = None,
              argv: Sequence[str] | None = None) -> fmt.Run:
     """Run `task` over `inputs` into the folder `out`, resuming what an earlier run of the same task left there.
 
