@@ -108,8 +108,19 @@ def _section(key: str, value: object, depth: int) -> list[str]:
     return [title, "", *out] if out else []
 
 
+def _summary(path: Path) -> list[str]:
+    """A benchmark's own markdown summary, its headings moved under this page's (its title becomes a section)."""
+    lines = path.read_text("utf-8").splitlines()
+    title = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("# ") else path.stem
+    body = [("##" + line) if line.startswith("#") else line for line in lines[1:]]
+    return [f"## {title}", "", f"`benchmarks/results/{path.name}`.", "", *body, ""]
+
+
 def results_page(title: str, intro: str, validation: bool) -> str:
     out = [f"# {title}", "", intro, ""]
+    for path in sorted(RESULTS.glob("*.md")):
+        if any(v in path.stem for v in VALIDATION) == validation:
+            out += _summary(path)
     for path in sorted(RESULTS.glob("*.json")):
         if any(v in path.stem for v in VALIDATION) != validation:
             continue
