@@ -28,7 +28,7 @@ def _cli(*args: str) -> str:
 
     from featvis.cli import app
 
-    result = CliRunner().invoke(app, list(args), terminal_width=100, env={"COLUMNS": "100", "NO_COLOR": "1"})
+    result = CliRunner().invoke(app, list(args), terminal_width=84, env={"COLUMNS": "84", "NO_COLOR": "1"})
     if result.exit_code != 0:
         raise RuntimeError(f"featvis {' '.join(args)} exited {result.exit_code}: {result.output[-500:]}")
     return result.output
