@@ -153,7 +153,10 @@ def test_deeplift_shap_is_seeded_and_a_batch_equals_singles(small):
     a = saliency(small, x, [0, 1, 2], seed=[1, 2, 3], batch_size=6, **kw)
     assert torch.equal(a, saliency(small, x, [0, 1, 2], seed=[1, 2, 3], batch_size=6, **kw))
     singles = torch.cat([saliency(small, x[i:i + 1], i, seed=1 + i, **kw) for i in range(3)])
-    torch.testing.assert_close(a, singles, rtol=1e-5, atol=1e-6)  # also: chunks of 3 pairs equal one call
+    # Also: chunks of 3 pairs equal one call. Batched and single convolutions round differently in float32, and the
+    # rescale rule's Δy/Δx magnifies that where Δx is barely above EPS: the tolerance is relative to the map's scale
+    # (seen: 3.5e-6 here over 40 nets, 2.6e-5 on another CPU); a wrong chunking is off by O(1).
+    torch.testing.assert_close(a, singles, rtol=0, atol=1e-4 * float(a.abs().max()))
     assert not torch.allclose(a[:1], saliency(small, x[:1], 0, seed=9, **kw), atol=1e-4)
     refs = torch.rand(6, 3, 32, 32)
     r = saliency(small, x, [0, 1, 2], baselines=refs, seed=5, **kw)

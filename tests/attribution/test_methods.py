@@ -199,8 +199,12 @@ def test_batch_equals_singles_and_chunking(clf, batch, name):
     together = saliency(clf, batch, TARGETS, method=name, batch_size=2)
     chunked = saliency(clf, batch, TARGETS, method=name, batch_size=1)
     singles = torch.cat([saliency(clf, batch[i:i + 1], TARGETS[i], method=name) for i in range(2)])
-    torch.testing.assert_close(together, chunked, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(together, singles, rtol=1e-4, atol=1e-6)
+    # The network itself gives a batch of 2 and two batches of 1 other gradients in float32 where a ReLU6 input sits
+    # within rounding of 0 or 6 (on AVX2, plain autograd: 0.17 % of the map's scale; on AVX-512: none). A map of the
+    # wrong image, target or chunk is off by its own scale.
+    for other in (chunked, singles):
+        torch.testing.assert_close(together, other, rtol=0, atol=1e-2 * float(together.abs().max()))
+        assert torch.corrcoef(torch.stack([together.flatten(), other.flatten()]))[0, 1] > 0.999
 
 
 def test_targets_by_name_list_and_default(clf, batch):

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import featvis as fv
 from featvis.cli import main
@@ -299,8 +300,9 @@ def test_report_says_when_runs_differ_in_their_numerics(tiny, photos, tmp_path):
     assert numerics_differences([read_run(tmp_path / "a"), read_run(tmp_path / "b")]) == []
     path = tmp_path / "b" / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["numerics"]["workers"] = [{"node": "n1", "threads": 1, "cpu_capability": "AVX2"},
-                                       {"node": "n2", "threads": 1, "cpu_capability": "AVX2"}]
+    other = "AVX512" if torch.backends.cpu.get_cpu_capability() == "AVX2" else "AVX2"  # not this machine's
+    manifest["numerics"]["workers"] = [{"node": "n1", "threads": 1, "cpu_capability": other},
+                                       {"node": "n2", "threads": 1, "cpu_capability": other}]
     path.write_text(json.dumps(manifest))
     differ = numerics_differences([read_run(tmp_path / "a"), read_run(tmp_path / "b")])
     assert differ[0].startswith("threads per worker differs:") and "1 (b)" in differ[0]

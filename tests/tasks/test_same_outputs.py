@@ -19,7 +19,8 @@ Differences, each explained and checked for what it is now:
 
 What is reproducible across CPUs (issue 22): the golden numbers were made on one CPU, and another CPU's kernels
 round differently (oneDNN picks AVX2 / AVX-512 / AMX code by CPU; the manifest records which, under
-"numerics"). A one-shot computation (classify, a saliency map) stays within float tolerance. An attack's trajectory
+"numerics"). A one-shot computation (classify) stays within float tolerance; a gradient map within MAP_SCALE_TOL of
+its scale (ReLU6 boundaries flip). An attack's trajectory
 amplifies the last bits: on an AMD EPYC the lab's ascent on chelsea ended at L2 1.31396 against the stored 1.30627
 (0.6 %), with the same success, steps and L∞. So fooling runs are compared on what an attack guarantees: the same
 success, prediction, target and L∞ in 1/255 exactly, steps within ATTACK_STEPS, L2 within ATTACK_L2_RTOL, PSNR
@@ -50,8 +51,13 @@ RUN_ROOT_COMMANDS = {
     "features": ["features", "--layer", "blocks.8", "--channel", "0,1", "--steps", "5", "--size", "48"],
 }
 ATTACK_STEPS = 2  # steps may differ by this many: a step more or less to cross the target's decision boundary
-ATTACK_L2_RTOL = 0.02  # 2 %: three times the 0.6 % seen between an Intel and an AMD CPU
-ATTACK_PSNR_DB = 0.2  # PSNR moves with L2: 0.6 % of L2 is 0.05 dB
+ATTACK_L2_RTOL = 0.05  # 5 %: seen 0.6 % (chelsea) and 2.6 % (coffee → stingray) between an Intel and an AMD CPU
+ATTACK_PSNR_DB = 0.45  # PSNR moves with L2: 5 % of L2 is 0.42 dB
+# A gradient map through ReLU6 moves where an input sits within rounding of 0 or 6: on an AVX2 CPU a block mean of
+# the golden file's (AVX-512) gradient map moved by 0.23 %, as plain autograd's batch-of-2 vs batch-of-1 gradients
+# differ by 0.17 % of their scale there. Maps are compared at this fraction of their largest block mean.
+MAP_SCALE_TOL = 1e-2
+CURVE_RTOL = 0.05  # deletion/insertion AUCs of those maps (8 steps): seen 1.3 % on the AVX2 CPU
 ATTACK_PIXEL_ATOL = 2e-3  # block means (28×28 pixels) of the PNG: ±3/255 budgets; 0.5/255 is ~2e-3
 ATTACK_TOLERANCE = {"steps": ("abs", ATTACK_STEPS), "l2": ("rel", ATTACK_L2_RTOL),
                     "psnr_db": ("abs", ATTACK_PSNR_DB), "png": ("blocks", ATTACK_PIXEL_ATOL)}
@@ -189,7 +195,23 @@ def test_outputs_are_unchanged(runs, name):
                     b[d].pop(m), n[d].pop(m)
             for d in ("deletion", "insertion"):  # the random baseline map is drawn per image too
                 b[d].pop("random"), n[d].pop("random")
+        if name == "saliency":
+            for m in list(b["maps"]):
+                _map_close(n["maps"].pop(m), b["maps"].pop(m), f"{name}/{key}.maps.{m}")
+            for d in ("deletion", "insertion"):  # the map's pixel order moves with it: seen 1.3 % (8 steps)
+                for m in list(b[d]):
+                    assert n[d].pop(m) == pytest.approx(b[d].pop(m), rel=CURVE_RTOL), f"{name}/{key}.{d}.{m}"
         _close(n, b, f"{name}/{key}", ATTACK_TOLERANCE if name.startswith("fool") else None)
+
+
+def _map_close(a: list[float], b: list[float], path: str) -> None:
+    """blocks() of two maps: sum and max relative, block means absolute, each at MAP_SCALE_TOL of the map's scale."""
+    assert len(a) == len(b), path
+    assert a[0] == pytest.approx(b[0], rel=MAP_SCALE_TOL, abs=1e-12), f"{path}.sum: {a[0]} vs {b[0]}"
+    assert a[1] == pytest.approx(b[1], rel=MAP_SCALE_TOL, abs=1e-12), f"{path}.max: {a[1]} vs {b[1]}"
+    scale = max(abs(v) for v in b[2:])
+    worst = max(abs(x - y) for x, y in zip(a[2:], b[2:], strict=True))
+    assert worst <= MAP_SCALE_TOL * scale, f"{path}: a block mean moved by {worst:.2e} (scale {scale:.2e})"
 
 
 if __name__ == "__main__":  # remake the golden file from runs of the old CLI in OLD_RUN_ROOT/<name>
