@@ -9,6 +9,7 @@ import featvis as fv
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
+from featvis.attribution import ATTRIBUTIONS
 from featvis.web.app import create_app
 from featvis.web.jobs import JobQueue
 
@@ -148,3 +149,33 @@ def test_jobs_run_through_the_runner_and_show_what_tasks_declare(client, monkeyp
         declared = task.previews({"figure": "f", "overlays": {"m": "o"}, "heatmaps": {"m": "h"}, "fooled_png": "p"})
         assert set(job["images"]) == set(declared)
     assert runs == ["saliency", "fool"]
+
+
+# The parametric methods (smooth:METHOD, smooth-sq:METHOD, vargrad:METHOD): listed from the registry, run as a
+# saliency job, refused with a did-you-mean when the prefix is wrong.
+
+def test_method_prefixes_come_from_the_registry_and_feed_the_page(client):
+    families = client.get("/api/method-prefixes").json()
+    assert [f["prefix"] for f in families] == list(ATTRIBUTIONS.prefixes())
+    assert {"smooth", "smooth-sq", "vargrad"} <= {f["prefix"] for f in families}
+    smooth = next(f for f in families if f["prefix"] == "smooth")
+    assert smooth["summary"] == ATTRIBUTIONS.prefixes()["smooth"]
+    page = client.get("/").text
+    assert '<select id="smoothing"' in page and '"/api/method-prefixes"' in page
+    assert "/api/saliency\", { method: chosenMethod()" in page  # both saliency buttons send PREFIX:METHOD
+
+
+def test_saliency_job_runs_smoothing_over_a_chosen_method(client):
+    images = {}
+    for method in ("gradcam", "smooth:gradcam"):
+        r = client.post("/api/saliency", data={"sample": "coffee", "method": method})
+        assert r.status_code == 202, r.text
+        job = wait(client, r.json()["id"], timeout=120)
+        assert job["status"] == "done", job
+        assert job["result"]["method"] == method and job["result"]["target"] == 967
+        png = client.get(f"/api/jobs/{job['id']}/images/overlay.png")
+        assert png.status_code == 200
+        images[method] = Image.open(io.BytesIO(png.content)).convert("RGB").tobytes()
+    assert images["gradcam"] != images["smooth:gradcam"]  # the noise average, not the plain map under a new name
+    r = client.post("/api/saliency", data={"sample": "coffee", "method": "smoth:gradcam"})
+    assert r.status_code == 422 and "smooth:" in r.json()["detail"]

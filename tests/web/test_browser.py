@@ -116,6 +116,20 @@ def test_a_visualized_channel_links_to_the_pixels_that_drive_it(context, server,
     assert value == pytest.approx(expected, abs=2e-3)
 
 
+def test_the_smoothing_menu_sends_prefix_and_method(context, server):
+    page = loaded(open_page(context, server))
+    page.wait_for_selector("#smoothing option[value=smooth]", state="attached")
+    page.select_option("#sample", "coffee")
+    page.wait_for_function("document.querySelector('#top5').dataset.top1 == '967'", timeout=30000)
+    page.select_option("#method", "gradcam")
+    page.select_option("#smoothing", "smooth")
+    with page.expect_request("**/api/saliency") as sent:
+        page.click("#run-saliency")
+    assert "smooth:gradcam" in sent.value.post_data
+    page.wait_for_selector("#sal-img:not([hidden])", timeout=60000)
+    assert page.inner_text("#sal-status").startswith("smooth:gradcam: espresso")
+
+
 def test_a_photo_over_the_limit_is_refused_before_it_is_sent(context, server, tmp_path):
     """Before: the page sent it, and the server's 413 (or a reset) came back."""
     big = tmp_path / "big.jpg"

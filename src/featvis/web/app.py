@@ -134,6 +134,15 @@ def methods() -> list[str]:
     return ATTRIBUTIONS.names()
 
 
+@router.get("/api/method-prefixes")
+def method_prefixes() -> list[dict]:
+    """The parametric method families (`smooth:METHOD`, ...): a prefix over any method of /api/methods."""
+    from featvis.attribution import ATTRIBUTIONS
+
+    return [{"prefix": p, "summary": summary, "aliases": ATTRIBUTIONS.family_aliases(p)}
+            for p, summary in ATTRIBUTIONS.prefixes().items()]
+
+
 @router.get("/api/attacks")
 def attacks() -> list[str]:
     from featvis.adversarial import ATTACKS
