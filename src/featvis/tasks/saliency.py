@@ -16,6 +16,22 @@ from featvis.errors import FeatvisError, did_you_mean
 from featvis.tasks.base import Batch, ClassTarget, Output, Section, Table, Task, item_name, param, register
 from featvis.tasks.classify import accuracy_summary, add_accuracy, per_class
 
+# File names of a method's maps: names such as smooth:integrated-gradients hold ':', which Windows and zip archives
+# refuse; ':' becomes '~', anything else outside this set '_' (registry names are kebab-case, so this rarely fires).
+FILE_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.+~")
+
+
+def file_stems(methods) -> dict[str, str]:
+    """Each method's file-name stem (`smooth:gradient` → `smooth~gradient`), unique within the run."""
+    out: dict[str, str] = {}
+    for name in methods:
+        stem = "".join("~" if c == ":" else c if c in FILE_SAFE else "_" for c in name) or "method"
+        unique, k = stem, 2
+        while unique in out.values():
+            unique, k = f"{stem}-{k}", k + 1
+        out[name] = unique
+    return out
+
 
 def check_methods(methods, options: Mapping[str, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
     """Canonical method names and the options checked against their specs: every option must be taken by at least
@@ -155,9 +171,10 @@ class SaliencyTask(ClassTarget, Task):
                 m = random_maps(x, batch.seeds) if name == RANDOM else maps[name]
                 curves[name] = group(Context(clf, x, targets, m, None, {}, batch.seeds, {"pixels_per_step": pps}))
         outputs = []
+        stem = file_stems(p.methods)
         for i, item in enumerate(batch.items):
             pred = int(probs[i].argmax())
-            arts = {f"maps/{item.key}/{n}.npy": npy_bytes(maps[n][i]) for n in p.methods}
+            arts = {f"maps/{item.key}/{stem[n]}.npy": npy_bytes(maps[n][i]) for n in p.methods}
             if unit is None:
                 t = int(targets[i])
                 rec: dict[str, Any] = {"target": t, "target_name": clf.labels[t], "prob": float(probs[i, t])}
@@ -167,7 +184,7 @@ class SaliencyTask(ClassTarget, Task):
                        "unit_value": float(values[i])}
                 title = f"unit {unit.labels[0]} = {float(values[i]):.3g}"
             rec |= {"predicted": pred, "predicted_name": clf.labels[pred],
-                    "maps": {n: f"maps/{item.key}/{n}.npy" for n in p.methods},
+                    "maps": {n: f"maps/{item.key}/{stem[n]}.npy" for n in p.methods},
                     "seconds": {n: round(s, 5) for n, s in seconds.items()}}
             if p.figures:
                 if len(p.methods) == 1:
@@ -184,8 +201,8 @@ class SaliencyTask(ClassTarget, Task):
                 rec["correct"] = pred == item.label
             if p.overlays:
                 heats = scale_maps([maps[n][i] for n in p.methods], p.shared_scale)
-                rec["heatmaps"] = {n: f"heatmaps/{item.key}/{n}.png" for n in p.methods}
-                rec["overlays"] = {n: f"overlays/{item.key}/{n}.png" for n in p.methods}
+                rec["heatmaps"] = {n: f"heatmaps/{item.key}/{stem[n]}.png" for n in p.methods}
+                rec["overlays"] = {n: f"overlays/{item.key}/{stem[n]}.png" for n in p.methods}
                 for n, heat in zip(p.methods, heats, strict=True):
                     h = torch.from_numpy(heat)
                     arts[rec["heatmaps"][n]] = encode_png(h[None].expand(3, -1, -1))
