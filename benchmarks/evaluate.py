@@ -4,6 +4,7 @@ fails randomization; RISE vs Grad-CAM on deletion/insertion; SmoothGrad family o
 method and metric; and each metric's time over the time of the bare batched forwards it needs.
 
     python benchmarks/evaluate.py [--quick] [--steps-pixels N]
+    python benchmarks/evaluate.py --all --dataset out/evalset --draw 10 --out evaluate-all --no-ratios  # issue 26
 
 Settings below are what a shared 2-core CPU affords in under an hour; each departure from a paper's default is
 named in the JSON (`settings`). Results: benchmarks/results/evaluate.json (rewritten after every method).
@@ -40,6 +41,17 @@ METHODS = {
     "expected-gradients": {"samples": 16},  # references: the other photos
     "rise": {"masks": 1000},  # [4000]
     "scorecam": {"layer": "_blocks.15"},  # 320 channels instead of _bn1's 1280 (4× fewer forwards)
+}
+# The methods registered since (issue 26), cheap first; `--all` adds them (every registered method that applies
+# to a CNN: attention-rollout and chefer are ViT-only).
+NEW_METHODS = {
+    "deeplift": {}, "lrp": {}, "deconvnet": {}, "guided-gradcam": {},
+    "deeplift-shap": {"samples": 8},  # [16]
+    "smooth:integrated-gradients": {"samples": 4, "steps": 8},  # [samples 50, steps 50]
+    "occlusion": {"window": 32, "stride": 16},  # [16, 8]: 169 forwards instead of 729
+    "hsic": {"designs": 128},  # [500]
+    "lime": {"samples": 128}, "kernel-shap": {"samples": 128},  # [256]
+    "sobol": {"designs": 8},  # [32]: 8 · (64 + 2) = 528 forwards instead of 2112
 }
 CORE = ("deletion", "insertion", "road-morf", "road-lerf", "road-gap", "infidelity", "sparseness", "seconds")
 # Metrics that re-run the method: only where the method costs one or a few passes per image.
@@ -123,6 +135,11 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, default=None,
                     help="a folder of images instead of the bundled photos (e.g. out/evalset: benchmarks/evalset.py)")
     ap.add_argument("--chunk", type=int, default=8, help="images per evaluate_batch call")
+    ap.add_argument("--all", action="store_true", help="also the methods registered in issue 26 (NEW_METHODS)")
+    ap.add_argument("--draw", type=int, default=0, help="a seeded random draw of N images of --dataset (0: all)")
+    ap.add_argument("--draw-seed", type=int, default=0)
+    ap.add_argument("--out", default="evaluate", help="results/<OUT>.json (default evaluate)")
+    ap.add_argument("--no-ratios", action="store_true", help="skip the metric-cost ratios and the ROAD tolerance")
     ap.add_argument("--executors", action="store_true",
                     help="time `fv.evaluate` over --dataset locally (2 threads) and with Ray (1x2, 2x1 workers)")
     ap.add_argument("--merge", default="", help="fold evaluate-<NAME>.json's records into evaluate.json")
@@ -138,6 +155,9 @@ def main() -> None:
         return
     if args.dataset:
         files = sorted(p for p in args.dataset.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if args.draw:
+            pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(args.draw_seed))[:args.draw]
+            files = [files[i] for i in sorted(pick.tolist())]
         names = [p.stem for p in files]
         photos = fv.load_images(files, clf)
     else:
@@ -157,10 +177,10 @@ def main() -> None:
         print(json.dumps({"ratios": data["ratios"], "road_tolerance": data["road_tolerance"]}, indent=1))
         print(f"saved {save('evaluate', data)}")
         return
-    methods = dict(METHODS)
+    methods = METHODS | NEW_METHODS if args.all else dict(METHODS)
     part = [m.strip() for m in args.methods.split(",") if m.strip()]
     if part:
-        methods = {k: METHODS.get(k, {}) for k in part}
+        methods = {k: (METHODS | NEW_METHODS).get(k, {}) for k in part}
     if args.quick:
         photos, names = photos[:2], names[:2]
         methods = {k: methods[k] for k in ("gradient", "gradcam", "guided-backprop")}
@@ -174,6 +194,7 @@ def main() -> None:
                 "max_sensitivity_for": sorted(SENSITIVITY), "emprt_for": sorted(EMPRT),
                 "randomization_for": sorted(RANDOMIZATION), "photos": names,
                 "dataset": str(args.dataset or "bundled photos"), "targets": targets.tolist(),
+                "draw": {"images": args.draw, "seed": args.draw_seed} if args.draw else None,
                 "score": "softmax probability of the predicted class (all curve metrics)"}
     records = [{"index": i, "target": int(targets[i]), "scores": {}, "seconds": {}, "curves": {}}
                for i in range(len(names))]
@@ -195,7 +216,7 @@ def main() -> None:
         merge(new)
         print(f"{name:22s} {time.perf_counter() - t0:7.1f} s", flush=True)
 
-    out_name = f"evaluate-{part[0]}" if part else "evaluate"
+    out_name = f"{args.out}-{part[0]}" if part else args.out
     every = (*CORE, "max-sensitivity", "emprt", "randomization")
     if not part:
         run(RANDOM, every, {}, rb=True)
@@ -213,11 +234,13 @@ def main() -> None:
         save(out_name, data)
     if part:
         return
-    finish(data, records)
+    finish(data, records, args.out)
+    if args.no_ratios:
+        return
     grad_maps = fv.attribution.saliency(clf, photos, targets)
     data["ratios"] = ratios(clf, photos, grad_maps, targets, args.steps_pixels, 32)
     data["road_tolerance"] = road_tolerance_effect(clf, photos[:2], grad_maps[:2])
-    save("evaluate", data)
+    save(args.out, data)
 
 
 # The executor comparison's run: the methods × metrics a user would start with, paper-sized options where cheap.
@@ -270,7 +293,7 @@ def executor_cost(clf, dataset: Path, images: int = 8) -> None:
     save("evaluate", data)
 
 
-def finish(data: dict, records: list) -> None:
+def finish(data: dict, records: list, out: str = "evaluate") -> None:
     """Leaderboard and known-result comparisons from the records; saved, and printed."""
     board = summarize(records, seed=0)
     lb = {(e.method, e.metric): e for e in board.entries}
@@ -289,7 +312,7 @@ def finish(data: dict, records: list) -> None:
         for m in ("gradient", "smoothgrad", "smoothgrad-sq", "vargrad") if (m, "road-gap") in lb}
     data["known_results"] = known
     data.update(records=records, leaderboard=board.to_dict())
-    print(f"saved {save('evaluate', data)}")
+    print(f"saved {save(out, data)}")
     for e in board.entries:
         flag = "" if e.beats_random is None else ("  beats random" if e.beats_random else "  NOT better than random")
         print(f"{e.method:22s} {e.metric:16s} {e.mean:9.4f} [{e.low:9.4f}, {e.high:9.4f}]{flag}")

@@ -17,6 +17,8 @@ each explained for its predicted class, Xplique's defaults: grid 8, nb_design 32
 inpainting baseline, logit score.
 
     python benchmarks/sobol_crosscheck.py     # writes benchmarks/results/sobol_crosscheck.json
+    python benchmarks/sobol_crosscheck.py --size 224 --batch-size 8 --photos 2 --methods sobol --no-faithfulness \
+        --timing-rounds 1 --out sobol_crosscheck_224     # the native size, what 15 min of 2 cores allow
 """
 
 from __future__ import annotations
@@ -113,13 +115,16 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-def timing(clf, x: torch.Tensor, targets: torch.Tensor, bs: int, rounds: int = 2) -> dict:
+def timing(clf, x: torch.Tensor, targets: torch.Tensor, bs: int, rounds: int = 2,
+           methods: tuple[str, ...] = ("sobol", "hsic")) -> dict:
     """Each method on photo 0 against the same number of bare forwards (same batch size), alternated `rounds`
     times and taken as medians, so both see the same load on a shared machine."""
     d = CELLS * CELLS
     out = {}
     for method, kw, count in (("sobol", {"designs": SOBOL_N}, SOBOL_N * (d + 2)),
                               ("hsic", {"designs": HSIC_N}, HSIC_N)):
+        if method not in methods:
+            continue
         batch = x[:1].expand(bs, -1, -1, -1).contiguous()
         method_s, bare_s = [], []
         for _ in range(rounds):
@@ -143,10 +148,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--only-timing", action="store_true", help="add the interleaved timing to the saved JSON")
+    parser.add_argument("--photos", type=int, default=6, help="the first N bundled photos")
+    parser.add_argument("--methods", default="sobol,hsic", help="which of sobol, hsic to check")
+    parser.add_argument("--timing-rounds", type=int, default=2)
+    parser.add_argument("--no-faithfulness", action="store_true", help="skip deletion/insertion (needs both methods)")
+    parser.add_argument("--out", default="sobol_crosscheck", help="results/<OUT>.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     clf = fv.load_model("efficientnet-lite0")
-    names = fv.samples.names()
+    names = fv.samples.names()[:args.photos]
+    wanted = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     x = torch.cat([fv.samples.load(n, clf) for n in names])
     x = F.interpolate(x, size=args.size, mode="bilinear", antialias=True).clamp(0, 1)
     with torch.no_grad():
@@ -156,9 +167,9 @@ def main() -> None:
 
         from _common import RESULTS
 
-        out = json.loads((RESULTS / "sobol_crosscheck.json").read_text())
-        out["timing_interleaved"] = timing(clf, x, targets, args.batch_size)
-        print("wrote", save("sobol_crosscheck", out))
+        out = json.loads((RESULTS / f"{args.out}.json").read_text())
+        out["timing_interleaved"] = timing(clf, x, targets, args.batch_size, args.timing_rounds, wanted)
+        print("wrote", save(args.out, out))
         return
     net = clf.net.eval()
     rclf, rec = recorded(clf, net)
@@ -176,6 +187,8 @@ def main() -> None:
 
     cells, times, per_image = {}, {}, {"sobol": SOBOL_N * (d + 2), "hsic": HSIC_N}
     for method, fn in (("sobol", sobol_cells), ("hsic", hsic_cells)):
+        if method not in wanted:
+            continue
         kw = {"cells": CELLS, "designs": SOBOL_N if method == "sobol" else HSIC_N, "batch_size": bs}
         for seed in (0, 1):
             t0 = time.perf_counter()
@@ -207,14 +220,19 @@ def main() -> None:
                                      "max_rel_diff": [max_rel(ours[i], ref[i]) for i in range(len(names))],
                                      "perturbed_scores_max_rel_diff": pert},
             "seed_to_seed": {"spearman": s2s, "pearson": p2p, "spearman_mean": statistics.mean(s2s)},
-            "seconds": {"total_6_photos_seed0": times[method, 0], "per_image": times[method, 0] / len(names),
+            "seconds": {f"total_{len(names)}_photos_seed0": times[method, 0],
+                        "per_image": times[method, 0] / len(names),
                         "forwards_per_image": per_image[method],
                         "overhead_vs_bare_forwards": times[method, 0] / (len(names) * per_image[method] * forward)},
             "sum_of_indices_per_image": ours.sum(1).tolist(),
         }
         print(method, out[method]["vs_float64_reference"], out[method]["seed_to_seed"]["spearman_mean"], flush=True)
-        save("sobol_crosscheck", out)
+        save(args.out, out)
 
+    if args.no_faithfulness:
+        out["timing_interleaved"] = timing(clf, x, targets, bs, args.timing_rounds, wanted)
+        print("wrote", save(args.out, out))
+        return
     # --- faithfulness: deletion / insertion AUC (RISE protocol, probability of the predicted class) ---
     side = args.size
     maps = {"sobol": to_image(cells["sobol", 0], CELLS, (side, side), torch.float32),
@@ -232,8 +250,8 @@ def main() -> None:
         print(f"{name}: deletion {faith[name]['deletion_auc']:.3f} insertion {faith[name]['insertion_auc']:.3f}",
               flush=True)
     out["faithfulness"] = {"pixels_per_step": 4 * side, "lower_deletion_higher_insertion_is_better": True, **faith}
-    out["timing_interleaved"] = timing(clf, x, targets, bs)
-    print("wrote", save("sobol_crosscheck", out))
+    out["timing_interleaved"] = timing(clf, x, targets, bs, args.timing_rounds, wanted)
+    print("wrote", save(args.out, out))
 
 
 if __name__ == "__main__":
