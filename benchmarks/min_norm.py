@@ -59,6 +59,8 @@ def methods(clf, steps: int) -> list[tuple[str, str, bool, object]]:
         t = targeted
         out += [
             ("cw", "featvis", t, lambda x, c, t=t: fv_cw(clf, x, c.tolist() if t else None)),
+            ("cw 3x10", "featvis", t, lambda x, c, t=t: fv_cw(clf, x, c.tolist() if t else None, search_steps=3,
+                                                              steps=10, lr=0.005)),
             (f"fmn-l2 {steps}", "featvis", t, lambda x, c, t=t: fv_fmn(clf, x, c.tolist() if t else None,
                                                                       norm="l2", steps=steps)),
             (f"ddn {steps}", "featvis", t, lambda x, c, t=t: fv_ddn(clf, x, c.tolist() if t else None, steps=steps)),
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=STEPS, help="FMN/DDN iterations, both libraries")
     ap.add_argument("--deepfool-images", type=int, default=8, help="images torchattacks' DeepFool runs on")
     ap.add_argument("--only", default="", help="comma list of 'library:name' to run (default all)")
+    ap.add_argument("--out", default="min_norm", help="results/<OUT>.json")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     clf = fv.load_model("efficientnet-lite0")
@@ -188,7 +191,7 @@ def main() -> None:
               f"{rec['s_per_image']:6.2f} {fmt(rec.get('ratio_to_torchattacks_cw'), '5.2f')} | "
               f"{rec['forward_images_per_image']:7.1f}")
         out["methods"].append(rec)
-    print(f"saved {save('min_norm', out)}")
+    print(f"saved {save(args.out, out)}")
 
 
 if __name__ == "__main__":

@@ -133,8 +133,9 @@ class FoolTask(ClassTarget, Task):
         if key is None:
             return 1
         steps = self.params.options.get(key, spec.options[key].default)
-        return steps * self.params.options.get("search_steps", spec.options.get("search_steps").default) \
-            if "search_steps" in spec.options else steps
+        search = self.params.options.get("search_steps", spec.options["search_steps"].default) \
+            if "search_steps" in spec.options else 1
+        return None if steps is None or search is None else steps * search  # None: the attack's default by mode
 
     def run(self, clf, batch: Batch) -> list[Output]:
         from featvis.adversarial import ATTACKS, fool
