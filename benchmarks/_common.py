@@ -26,6 +26,27 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 2) -> 
     return statistics.median(times)
 
 
+def alternate(ours: Callable[[], object], theirs: Callable[[], object], repeats: int, n: int = 1, *,
+              peer: str = "captum", warmup: bool = True):
+    """featvis and a peer in turn, `repeats` timed rounds (after one untimed call of each when `warmup`), so both see
+    the same load on a shared machine: (ours' last result, theirs', times), times in seconds per image (medians over
+    the rounds, `n` images a call) with their ratio and every round."""
+    if warmup:
+        ours(), theirs()
+    t_ours, t_theirs, a, b = [], [], None, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a = ours()
+        t_ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b = theirs()
+        t_theirs.append(time.perf_counter() - t0)
+    f, c = statistics.median(t_ours) / n, statistics.median(t_theirs) / n
+    return a, b, {"featvis_s_per_image": round(f, 4), f"{peer}_s_per_image": round(c, 4), "ratio": round(f / c, 3),
+                  "rounds_featvis_s": [round(t, 3) for t in t_ours],
+                  f"rounds_{peer}_s": [round(t, 3) for t in t_theirs]}
+
+
 def floor_step(clf, images: torch.Tensor) -> Callable[[], object]:
     """The floor every gradient method is measured against: one forward + backward to the input pixels
     (parameters frozen, as featvis's algorithms run)."""

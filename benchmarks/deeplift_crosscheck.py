@@ -36,7 +36,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 import types
 import warnings
 from pathlib import Path
@@ -54,7 +53,7 @@ from featvis.attribution import saliency
 from featvis.attribution.integrated import make_baseline
 
 from _captum import ReLU6AsReLU, captum_copy
-from _common import machine, save
+from _common import alternate, machine, save
 
 EVALSET = Path("out/evalset")
 FEATVIS_ROWS = 16  # featvis batch_size: 8 image–baseline pairs per network call
@@ -81,7 +80,7 @@ def _block_forward(self, inputs, drop_connect_rate=None):
     x = self._bn2(self._project_conv(x))
     args = self._block_args
     if self.id_skip and args.stride == 1 and args.input_filters == args.output_filters:
-        x = x + inputs
+        x = self.skip(inputs, x) if hasattr(self, "skip") else x + inputs  # skip: lrp_crosscheck's zennit Sum
     return x
 
 
@@ -124,22 +123,6 @@ def completeness(maps: torch.Tensor, gap: torch.Tensor) -> dict[str, float]:
     miss = ((maps.flatten(1).double().sum(1) - gap).abs() / gap.abs()).tolist()
     return {"rel_miss_median": statistics.median(miss), "rel_miss_max": max(miss),
             "abs_miss_max": float((maps.flatten(1).double().sum(1) - gap).abs().max())}
-
-
-def alternate(ours, theirs, repeats: int, n: int):
-    """Each side once untimed (warm-up), then `repeats` alternating timed rounds; medians per image."""
-    ours(), theirs()
-    t_ours, t_theirs, a, b = [], [], None, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a = ours()
-        t_ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        b = theirs()
-        t_theirs.append(time.perf_counter() - t0)
-    f, c = statistics.median(t_ours) / n, statistics.median(t_theirs) / n
-    return a, b, {"featvis_s_per_image": round(f, 4), "captum_s_per_image": round(c, 4), "ratio": round(f / c, 3),
-                  "rounds_featvis_s": [round(t, 3) for t in t_ours], "rounds_captum_s": [round(t, 3) for t in t_theirs]}
 
 
 def main() -> None:

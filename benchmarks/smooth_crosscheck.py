@@ -28,7 +28,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -48,7 +47,7 @@ from featvis.attribution.smooth import NOISE, noisy_copies
 from featvis.layers import default_layer, find_layer
 
 from _captum import captum_copy
-from _common import machine, save
+from _common import alternate, machine, save
 
 NT_TYPES = {"smooth": "smoothgrad", "smooth-sq": "smoothgrad_sq", "vargrad": "vargrad"}
 
@@ -77,16 +76,9 @@ class Alternating:
         self.repeats = repeats
 
     def __call__(self, ours, theirs) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        t_ours, t_theirs = [], []
-        for _ in range(self.repeats):
-            t0 = time.perf_counter()
-            a = ours()
-            t_ours.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            b = theirs()
-            t_theirs.append(time.perf_counter() - t0)
-        f, c = statistics.median(t_ours), statistics.median(t_theirs)
-        return a, b, {"featvis_s": round(f, 3), "captum_s": round(c, 3), "ratio": round(f / c, 3)}
+        a, b, t = alternate(ours, theirs, self.repeats, warmup=False)
+        return a, b, {"featvis_s": round(t["featvis_s_per_image"], 3), "captum_s": round(t["captum_s_per_image"], 3),
+                      "ratio": t["ratio"]}
 
 
 def fed_normal(noise: torch.Tensor):

@@ -116,6 +116,13 @@ def _summary(path: Path) -> list[str]:
     return [f"## {title}", "", f"`benchmarks/results/{path.name}`.", "", *body, ""]
 
 
+def _script(stem: str) -> str:
+    """The benchmark that wrote results/STEM.json: the longest script name STEM starts with (evaluate-all →
+    evaluate, min_norm_cw → min_norm)."""
+    names = [p.stem for p in (ROOT / "benchmarks").glob("*.py") if stem.startswith(p.stem)]
+    return max(names, key=len) if names else stem
+
+
 def results_page(title: str, intro: str, validation: bool) -> str:
     out = [f"# {title}", "", intro, ""]
     for path in sorted(RESULTS.glob("*.md")):
@@ -126,7 +133,7 @@ def results_page(title: str, intro: str, validation: bool) -> str:
             continue
         data = json.loads(path.read_text("utf-8"))
         out += [f"## {path.stem}", "", f"`benchmarks/results/{path.name}`, written by `benchmarks/"
-                f"{re.sub(r'(-old|_rerun)$', '', path.stem)}.py`.", ""]
+                f"{_script(path.stem)}.py`.", ""]
         machine = data.pop("machine", None) if isinstance(data, dict) else None
         if isinstance(machine, dict):
             out += ["Machine: " + ", ".join(f"{k} {_cell(v)}" for k, v in machine.items()) + ".", ""]

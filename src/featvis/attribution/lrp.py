@@ -50,13 +50,6 @@ def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     return z + eps * ((z == 0).to(z) + z.sign())
 
 
-def _grad(fn, x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """Jᵀ·grad_out of `fn` at `x` (fn is linear in x for every caller: the transposed layer)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        return torch.autograd.grad(fn(x), x, grad_out)[0]
-
-
 class _Rule(torch.autograd.Function):
     """forward(x) as given; backward maps the output's relevance to the input's by `relevance(x, R)`."""
 
@@ -79,8 +72,10 @@ def _pass(x: torch.Tensor, forward) -> torch.Tensor:
 def _norm(x: torch.Tensor, forward) -> torch.Tensor:
     """zennit's Norm rule on a parameter-free linear map (pooling, mean): R_in = x ⊙ Jᵀ(R / z)."""
     def relevance(x, rel):
-        z = forward(x)
-        return x * _grad(forward, x, rel / stabilize(z, STABILIZER))
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            z = forward(leaf)
+        return x * torch.autograd.grad(z, leaf, rel / stabilize(z.detach(), STABILIZER))[0]
     return _Rule.apply(x, forward, relevance)
 
 
@@ -119,49 +114,57 @@ def _layer(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
     return lambda x: type(module).forward(copy, x)
 
 
-def _modified(module, weight, bias, x_mod, rel_scaled):
-    """x_mod ⊙ (W_mod)ᵀ·rel_scaled: one term of a rule, with modified input and parameters."""
-    return x_mod * _grad(_layer(module, weight, bias), x_mod, rel_scaled)
+def _terms(module: nn.Module, terms):
+    """z = Σ_k sign_k · layer(w_k, b_k)(x_k) over `terms` [(sign, weight, bias, x)], and `back(s)` =
+    Σ_k sign_k · x_k ⊙ J_kᵀ s (each term's input times the transposed layer applied to s) through the same forward
+    graphs: every rule below is a few of these, so each of its convolutions runs once forward and once backward."""
+    with torch.enable_grad():
+        leaves = [x.detach().requires_grad_(True) for _, _, _, x in terms]
+        outs = [_layer(module, w, b)(leaf) for (_, w, b, _), leaf in zip(terms, leaves, strict=True)]
+    z = sum(sign * o.detach() for (sign, *_), o in zip(terms, outs, strict=True))
+
+    def back(s: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(outs, leaves, [s] * len(outs))
+        return sum(sign * leaf.detach() * g for (sign, *_), leaf, g in zip(terms, leaves, grads, strict=True))
+
+    return z, back
 
 
 def _rule_relevance(rule: str, module: nn.Module, w: torch.Tensor, b: torch.Tensor | None, opts: dict):
     """The relevance map (x, R_out) -> R_in of one conv/linear layer under `rule` (zennit.rules' definitions)."""
     pos, neg = w.clamp(min=0), w.clamp(max=0)
     bp, bn = (None, None) if b is None else (b.clamp(min=0), b.clamp(max=0))
-    out = _layer(module, w, b)
 
     def epsilon(x, rel):
-        return _modified(module, w, b, x, rel / stabilize(out(x), opts["epsilon"]))
+        z, back = _terms(module, [(1, w, b, x)])
+        return back(rel / stabilize(z, opts["epsilon"]))
 
     def zplus(x, rel):  # alpha=1, beta=0 with negative inputs allowed (zennit's ZPlus)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        s = rel / stabilize(_layer(module, pos, bp)(xp) + _layer(module, neg, None)(xn), STABILIZER)
-        return _modified(module, pos, bp, xp, s) + _modified(module, neg, None, xn, s)
+        z, back = _terms(module, [(1, pos, bp, xp), (1, neg, None, xn)])
+        return back(rel / stabilize(z, STABILIZER))
 
     def alpha_beta(x, rel):
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        sp = rel / stabilize(_layer(module, pos, bp)(xp) + _layer(module, neg, None)(xn), STABILIZER)
-        sn = rel / stabilize(_layer(module, neg, bn)(xp) + _layer(module, pos, None)(xn), STABILIZER)
-        r_pos = _modified(module, pos, bp, xp, sp) + _modified(module, neg, None, xn, sp)
-        r_neg = _modified(module, neg, bn, xp, sn) + _modified(module, pos, None, xn, sn)
-        return opts["alpha"] * r_pos - opts["beta"] * r_neg
+        zp, back_p = _terms(module, [(1, pos, bp, xp), (1, neg, None, xn)])
+        zn, back_n = _terms(module, [(1, neg, bn, xp), (1, pos, None, xn)])
+        return opts["alpha"] * back_p(rel / stabilize(zp, STABILIZER)) \
+            - opts["beta"] * back_n(rel / stabilize(zn, STABILIZER))
 
     def gamma(x, rel):  # the generalized gamma rule (zennit's Gamma: positive and negative outputs apart)
         g = opts["gamma"]
         wa, wb = w + g * pos, w + g * neg
         ba, bb = (None, None) if b is None else (b + g * bp, b + g * bn)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        z = out(x)
-        s_pos = (z > 0) * rel / stabilize(_layer(module, wa, ba)(xp) + _layer(module, wb, None)(xn), STABILIZER)
-        s_neg = (z < 0) * rel / stabilize(_layer(module, wb, bb)(xp) + _layer(module, wa, None)(xn), STABILIZER)
-        return (_modified(module, wa, ba, xp, s_pos) + _modified(module, wb, None, xn, s_pos)
-                + _modified(module, wb, bb, xp, s_neg) + _modified(module, wa, None, xn, s_neg))
+        z = _layer(module, w, b)(x)
+        za, back_a = _terms(module, [(1, wa, ba, xp), (1, wb, None, xn)])
+        zb, back_b = _terms(module, [(1, wb, bb, xp), (1, wa, None, xn)])
+        return back_a((z > 0) * rel / stabilize(za, STABILIZER)) + back_b((z < 0) * rel / stabilize(zb, STABILIZER))
 
     def box(x, rel):  # z^B (Montavon et al. 2017), zennit's ZBox: the biases cancel in the denominator
         low, high = (v.to(x).expand_as(x) for v in opts["bounds"])
-        z = out(x) - _layer(module, pos, bp)(low) - _layer(module, neg, bn)(high)
-        s = rel / stabilize(z, STABILIZER)
-        return _modified(module, w, b, x, s) - _modified(module, pos, bp, low, s) - _modified(module, neg, bn, high, s)
+        z, back = _terms(module, [(1, w, b, x), (-1, pos, bp, low), (-1, neg, bn, high)])
+        return back(rel / stabilize(z, STABILIZER))
 
     return {"epsilon": epsilon, "zplus": zplus, "alpha-beta": alpha_beta, "gamma": gamma, "box": box}[rule]
 
