@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+EVALSET = Path("out/evalset")  # benchmarks/evalset.py writes it
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 2) -> float:
@@ -59,6 +60,28 @@ def floor_step(clf, images: torch.Tensor) -> Callable[[], object]:
         return torch.autograd.grad(logits[:, 0].sum(), x)[0]
 
     return step
+
+
+def evalset_photos(clf, n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """A seeded draw of `n` photos of the evaluation set (benchmarks/evalset.py), sorted, at the model's size."""
+    import featvis as fv
+
+    files = sorted(p for p in EVALSET.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) \
+        if EVALSET.is_dir() else []
+    if len(files) < n:
+        raise SystemExit(f"{EVALSET} has {len(files)} images; run benchmarks/evalset.py first")
+    pick = sorted(torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+    return [files[i].stem for i in pick], fv.load_images([files[i] for i in pick], clf)
+
+
+def photo_set(clf, n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """The 6 bundled photos (n = 0) or a seeded draw of n evaluation-set photos."""
+    import featvis as fv
+
+    if n:
+        return evalset_photos(clf, n, seed)
+    names = list(fv.samples.names())
+    return names, torch.cat([fv.samples.load(name, clf) for name in names])
 
 
 def machine() -> dict[str, object]:

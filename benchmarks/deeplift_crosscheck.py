@@ -38,7 +38,6 @@ import statistics
 import sys
 import types
 import warnings
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -54,8 +53,8 @@ from featvis.attribution.integrated import make_baseline
 
 from _captum import ReLU6AsReLU, captum_copy
 from _common import alternate, machine, save
+from _common import evalset_photos as photos
 
-EVALSET = Path("out/evalset")
 FEATVIS_ROWS = 16  # featvis batch_size: 8 image–baseline pairs per network call
 
 
@@ -104,14 +103,6 @@ def unshared_copy(clf) -> nn.Module:
     del net._swish
     net.extract_features = types.MethodType(_extract_features, net)
     return net.eval()
-
-
-def photos(clf, n: int, seed: int) -> tuple[list[str], torch.Tensor]:
-    files = sorted(p for p in EVALSET.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if len(files) < n:
-        raise SystemExit(f"{EVALSET} has {len(files)} images; run benchmarks/evalset.py first")
-    pick = sorted(torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].tolist())
-    return [files[i].stem for i in pick], fv.load_images([files[i] for i in pick], clf)
 
 
 def logit(clf, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import torch
 import torchvision
-from deeplift_crosscheck import photos, unshared_copy
+from deeplift_crosscheck import unshared_copy
 from smooth_crosscheck import agreement
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
@@ -66,6 +66,7 @@ from featvis.attribution import saliency
 from featvis.attribution.lrp import COMPOSITES
 
 from _common import alternate, machine, save
+from _common import evalset_photos as photos
 
 EPSILON, GAMMA = 1e-6, 0.25
 

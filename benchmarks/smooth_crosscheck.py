@@ -47,7 +47,7 @@ from featvis.attribution.smooth import NOISE, noisy_copies
 from featvis.layers import default_layer, find_layer
 
 from _captum import captum_copy
-from _common import alternate, machine, save
+from _common import alternate, machine, photo_set, save
 
 NT_TYPES = {"smooth": "smoothgrad", "smooth-sq": "smoothgrad_sq", "vargrad": "vargrad"}
 
@@ -93,14 +93,15 @@ def main() -> None:
     ap.add_argument("--seed-samples", type=int, default=8, help="noisy copies per image, seed-to-seed section")
     ap.add_argument("--repeats", type=int, default=1, help="alternating rounds for the NoiseTunnel timings")
     ap.add_argument("--guided-repeats", type=int, default=3, help="alternating rounds for the guided timings")
+    ap.add_argument("--photos", type=int, default=0, help="a seeded draw of N evaluation-set photos (0: the 6 bundled)")
+    ap.add_argument("--photo-seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     clf = fv.load_model("efficientnet-lite0")
     clf.fast = False
     for p in clf.parameters():
         p.requires_grad_(False)
-    names = list(fv.samples.names())
-    x = torch.cat([fv.samples.load(n, clf) for n in names])
+    names, x = photo_set(clf, args.photos, args.photo_seed)
     with torch.no_grad():
         targets = clf(x).argmax(-1)
     t = targets.tolist()

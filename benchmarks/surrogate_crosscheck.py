@@ -35,7 +35,7 @@ from _captum_surrogate import captum_kernel_shap, captum_lime, segment_values
 from featvis.attribution.integrated import make_baseline
 from featvis.attribution.surrogate import surrogate_fit
 
-from _common import machine, save
+from _common import machine, photo_set, save
 
 SEED_A, SEED_B = 0, 1
 
@@ -91,11 +91,12 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="extra timing rounds beyond the measured runs")
+    ap.add_argument("--photos", type=int, default=0, help="a seeded draw of N evaluation-set photos (0: the 6 bundled)")
+    ap.add_argument("--photo-seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", torch.get_num_threads())))
     clf = fv.load_model("efficientnet-lite0")
-    names = fv.samples.names()
-    x = torch.cat([fv.samples.load(n, clf) for n in names])
+    names, x = photo_set(clf, args.photos, args.photo_seed)
     with torch.no_grad():
         targets = clf(x).argmax(-1)
     seeds_a = [SEED_A * 100 + i for i in range(len(names))]  # per-image seeds, as the task runner gives
