@@ -100,18 +100,24 @@ def _sum_skip(self, inputs, x):
     return self.canonizer_sum(torch.stack([inputs, x], dim=-1))
 
 
+def lite_bn_pairs(net: nn.Module) -> list[tuple[str, str, str]]:
+    """EfficientNet-Lite's (module path prefix, conv, its BatchNorm) attribute names, stem and head included."""
+    pairs = [("", "_conv_stem", "_bn0"), ("", "_conv_head", "_bn1")]
+    for i, block in enumerate(net._blocks):
+        if block._block_args.expand_ratio != 1:
+            pairs.append((f"_blocks.{i}.", "_expand_conv", "_bn0"))
+        pairs += [(f"_blocks.{i}.", "_depthwise_conv", "_bn1"), (f"_blocks.{i}.", "_project_conv", "_bn2")]
+    return pairs
+
+
 def zennit_model(name: str, clf) -> tuple[nn.Module, list]:
     """The network zennit is given (normalized pixels in, logits out) and its canonizers."""
     if name == "efficientnet-lite0":
         net = unshared_copy(clf)
-        pairs = [(["_conv_stem"], "_bn0"), (["_conv_head"], "_bn1")]
-        for i, block in enumerate(net._blocks):
+        for block in net._blocks:
             block.canonizer_sum = Sum()
             block.skip = types.MethodType(_sum_skip, block)
-            if block._block_args.expand_ratio != 1:
-                pairs.append(([f"_blocks.{i}._expand_conv"], f"_blocks.{i}._bn0"))
-            pairs += [([f"_blocks.{i}._depthwise_conv"], f"_blocks.{i}._bn1"),
-                      ([f"_blocks.{i}._project_conv"], f"_blocks.{i}._bn2")]
+        pairs = [([prefix + conv], prefix + bn) for prefix, conv, bn in lite_bn_pairs(net)]
         return net.eval(), [NamedMergeBatchNorm(pairs)]
     net = copy.deepcopy(clf.net)
     if name == "mobilenet_v2":
@@ -164,12 +170,8 @@ def hand_folded(clf):
     """A copy of lite0 with every BatchNorm folded into the conv before it and replaced by Identity."""
     out = copy.deepcopy(clf)
     net = out.net
-    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
-    for block in net._blocks:
-        if block._block_args.expand_ratio != 1:
-            pairs.append((block, "_expand_conv", "_bn0"))
-        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
-    for parent, conv_name, bn_name in pairs:
+    for prefix, conv_name, bn_name in lite_bn_pairs(net):
+        parent = net.get_submodule(prefix.rstrip("."))
         conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
         scale = bn.weight / (bn.running_var + bn.eps).sqrt()
         bias = torch.zeros_like(scale) if conv.bias is None else conv.bias.data
