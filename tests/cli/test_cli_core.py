@@ -46,6 +46,21 @@ def test_layers_and_models_json(capsys):
     assert code == 0 and any(m["name"] == "efficientnet-lite0" and m["installed"] for m in json.loads(out))
 
 
+def test_attacks_listing_shows_defaults_that_depend_on_the_mode(capsys):
+    """cw's steps / lr / search_steps default to None in its signature and are chosen by mode: the listing shows
+    the values cw runs with, not None."""
+    from featvis.adversarial.cw import DEFAULTS
+
+    assert main(["attacks", "--json"]) == 0
+    cw = {a["name"]: a for a in json.loads(capsys.readouterr().out)}["cw"]["options"]
+    for name in ("steps", "lr", "search_steps"):
+        assert cw[name]["default_by_mode"] == {m: DEFAULTS[m][name] for m in ("targeted", "untargeted")}
+    assert "default_by_mode" not in cw["c"]
+    assert main(["attacks"]) == 0
+    table = re.sub(r"[\s│]+", " ", capsys.readouterr().out)
+    assert "steps=10 targeted/8 untargeted" in table and "steps=None" not in table
+
+
 @pytest.mark.parametrize("argv,match", [
     (["classify", "/no/such.jpg"], "does not exist"),
     (["classify", "CHELSEA", "--model", "efficientnet-lite7"], "unknown model 'efficientnet-lite7'"),

@@ -24,7 +24,8 @@ STALL = 0.9999  # "stalled": the loss is above 99.99 % of its value at the last 
 # (results/min_norm_cw.json). Untargeted, one constant (c = 1) already fools every photo after 8-bit rounding: median
 # L2 0.50 against CW's 1.29 (which fools 88 % after rounding) at 0.69× its time, 5 forwards an image against 6.
 # Targeted: 4 constants of 10 steps, L2 0.90 against 1.50, both 100 %, at 0.87× its time (3 constants: 1.10 at 0.64×).
-DEFAULTS = {False: (8, 0.004, 1), True: (10, 0.005, 4)}
+DEFAULTS = {"targeted": {"steps": 10, "lr": 0.005, "search_steps": 4},
+            "untargeted": {"steps": 8, "lr": 0.004, "search_steps": 1}}
 
 
 def _margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
@@ -39,7 +40,7 @@ def _to_w(images: torch.Tensor) -> torch.Tensor:
 
 
 @ATTACKS.register("cw", aliases=("cw-l2", "carlini-wagner"), targeted=True, untargeted=True, norms=(),
-                  steps="steps")
+                  steps="steps", mode_defaults=DEFAULTS)
 def cw(clf, images: torch.Tensor, target=None, *, c: float = 1.0, kappa: float = 0.0,
        steps: Annotated[int | None, Range(1)] = None, lr: Annotated[float | None, Range(0)] = None,
        search_steps: Annotated[int | None, Range(1)] = None, warm_start: bool = True, abort_early: bool = True,
@@ -69,10 +70,10 @@ def cw(clf, images: torch.Tensor, target=None, *, c: float = 1.0, kappa: float =
     targets, original, probs = resolve_attack_targets(clf, x, target, seed)
     targeted = targets is not None
     cls = targets if targeted else original
-    default_steps, default_lr, default_search = DEFAULTS[targeted]
-    steps = default_steps if steps is None else steps
-    lr = default_lr if lr is None else lr
-    search_steps = default_search if search_steps is None else search_steps
+    mode = DEFAULTS["targeted" if targeted else "untargeted"]
+    steps = mode["steps"] if steps is None else steps
+    lr = mode["lr"] if lr is None else lr
+    search_steps = mode["search_steps"] if search_steps is None else search_steps
     b = x.shape[0]
     w_start = _to_w(x)
     lo = torch.zeros(b, device=x.device, dtype=x.dtype)

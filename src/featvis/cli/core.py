@@ -34,8 +34,14 @@ def models(json: JsonOpt = False) -> None:
                [[r["name"], r["installed"], r["extra"], r["description"]] for r in rows], json, rows)
 
 
-def _options_text(options) -> str:
-    return ", ".join(f"{o.name}={o.default!r}" for o in options.values()) or "-"
+def _options_text(options, by_mode: dict | None = None) -> str:
+    """`name=default, ...`; an option whose default depends on the attack's mode (`mode_defaults`, {mode: {name:
+    value}}) shows each, `steps=10 targeted/8 untargeted`."""
+    def shown(o) -> str:
+        per_mode = {m: d[o.name] for m, d in (by_mode or {}).items() if o.default is None and o.name in d}
+        return "/".join(f"{v!r} {m}" for m, v in per_mode.items()) if per_mode else repr(o.default)
+
+    return ", ".join(f"{o.name}={shown(o)}" for o in options.values()) or "-"
 
 
 @app.command()
@@ -64,13 +70,18 @@ def attacks(json: JsonOpt = False) -> None:
     from featvis.adversarial import ATTACKS
 
     specs = [ATTACKS.get(n) for n in ATTACKS.names()]
+
+    def option_record(s, o) -> dict:
+        per_mode = {m: d[o.name] for m, d in s.info.get("mode_defaults", {}).items() if o.name in d}
+        return {"default": o.default, "kind": o.kind, "help": o.help,
+                **({"default_by_mode": per_mode} if per_mode and o.default is None else {})}
+
     records = [{"name": s.name, "summary": s.summary, **{k: v for k, v in s.info.items()},
-                "options": {k: {"default": o.default, "kind": o.kind, "help": o.help} for k, o in s.options.items()}}
-               for s in specs]
+                "options": {k: option_record(s, o) for k, o in s.options.items()}} for s in specs]
     modes = lambda s: "/".join(m for m in ("targeted", "untargeted") if s.info.get(m))  # noqa: E731
     print_rows(["attack", "targets", "budget", "what it does", "options (-O)"],
                [[s.name, modes(s), "/".join(s.info.get("norms", ())) or "none", s.summary,
-                 _options_text(s.options)] for s in specs], json, records)
+                 _options_text(s.options, s.info.get("mode_defaults"))] for s in specs], json, records)
 
 
 @app.command()
