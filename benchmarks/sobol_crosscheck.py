@@ -4,7 +4,7 @@ Xplique (the reference implementation) is TensorFlow, not installed here. The re
 from the papers' equations, one loop per cell and design, in float64:
 - Jansen's total-order estimator, Sᵀᵢ = (1 / 2N) Σⱼ (f(Aⱼ) − f(Cᵢⱼ))² / Var f(A) (Xplique's JansenEstimator);
 - HSICᵢ = tr(Kᵢ H L H) / (N − 1)² with explicit N × N Gram matrices (Xplique's BinaryEstimator kernels:
-  kᵢ = 1.5 − (xᵢ − x′ᵢ)², RBF output kernel of width the median of the outputs).
+  kᵢ = 1.5 − (xᵢ − x′ᵢ)², RBF output kernel of width the median of the outputs, interpolated).
 Both are fed the same masks (featvis's design functions) and the same model outputs: the featvis run goes through
 a wrapper that records every logit the model returned. The reference rebuilds the perturbed images of one photo
 itself (its own nearest upsampling and x ⊙ M, one image at a time) and checks the recorded scores. The stochastic
@@ -12,13 +12,14 @@ reference: featvis's seed-to-seed agreement (Spearman of the cell indices, seeds
 scrambled Sobol sequences). Faithfulness: deletion/insertion AUC of Sobol, HSIC, RISE and random maps. Time: each
 method's wall time against the bare forward passes it makes (N·(d + 2) for Sobol, N for HSIC).
 
-efficientnet-lite0 (shipped weights), the 6 bundled photos resized to --size (default 160 px, for 2 CPU cores),
+efficientnet-lite0 (shipped weights), the 6 bundled photos or (`--photos N`) a seeded draw of N evaluation-set photos
+(benchmarks/evalset.py, out/evalset), resized to --size (default 160 px, for 2 CPU cores),
 each explained for its predicted class, Xplique's defaults: grid 8, nb_design 32 (Sobol) / 500 (HSIC), black
 inpainting baseline, logit score.
 
     python benchmarks/sobol_crosscheck.py     # writes benchmarks/results/sobol_crosscheck.json
-    python benchmarks/sobol_crosscheck.py --size 224 --batch-size 8 --photos 2 --methods sobol --no-faithfulness \
-        --timing-rounds 1 --out sobol_crosscheck_224     # the native size, what 15 min of 2 cores allow
+    python benchmarks/sobol_crosscheck.py --size 224 --batch-size 8 --photos 8 --no-faithfulness \
+        --timing-rounds 1 --out sobol_crosscheck_224     # the native size, 8 drawn photos: ~75 min of 2 cores
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from featvis.attribution.hsic import hsic_cells, hsic_design
 from featvis.attribution.metrics import deletion, insertion, random_maps
 from featvis.attribution.sobol import sobol_cells, sobol_design, to_image
 
-from _common import machine, median_time, save
+from _common import machine, median_time, photo_set, save
 
 CELLS, SOBOL_N, HSIC_N, RISE_MASKS = 8, 32, 500, 1000
 
@@ -88,7 +89,8 @@ def hsic_reference(masks: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     masks, y = masks.double(), y.double()
     n, d = masks.shape
     h = torch.eye(n, dtype=torch.float64) - torch.full((n, n), 1.0 / n, dtype=torch.float64)
-    sigma = y.median()
+    ordered = y.sort().values
+    sigma = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2  # the median, interpolated (Xplique's percentile 50)
     gram_l = torch.exp(-(y[:, None] - y[None, :]) ** 2 / (2 * sigma ** 2))
     hlh = h @ gram_l @ h
     return torch.stack([torch.trace((1.5 - (masks[:, i, None] - masks[None, :, i]) ** 2) @ hlh) / (n - 1) ** 2
@@ -148,7 +150,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--only-timing", action="store_true", help="add the interleaved timing to the saved JSON")
-    parser.add_argument("--photos", type=int, default=6, help="the first N bundled photos")
+    parser.add_argument("--photos", type=int, default=0,
+                        help="a seeded draw of N evaluation-set photos (0: the 6 bundled)")
+    parser.add_argument("--photo-seed", type=int, default=0)
     parser.add_argument("--methods", default="sobol,hsic", help="which of sobol, hsic to check")
     parser.add_argument("--timing-rounds", type=int, default=2)
     parser.add_argument("--no-faithfulness", action="store_true", help="skip deletion/insertion (needs both methods)")
@@ -156,9 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     clf = fv.load_model("efficientnet-lite0")
-    names = fv.samples.names()[:args.photos]
+    names, x = photo_set(clf, args.photos, args.photo_seed)
     wanted = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    x = torch.cat([fv.samples.load(n, clf) for n in names])
     x = F.interpolate(x, size=args.size, mode="bilinear", antialias=True).clamp(0, 1)
     with torch.no_grad():
         targets = clf(x).argmax(-1)

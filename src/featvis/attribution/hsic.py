@@ -5,8 +5,9 @@ hypercube) perturb the image as in `sobol` (nearest-upsampled, x ⊙ M + x₀ �
 Hilbert-Schmidt Independence Criterion between its mask value and the model's score over the N samples, the biased
 estimator of Gretton et al. 2005, HSICᵢ = tr(Kᵢ H L H) / (N − 1)², with H = I − 11ᵀ/N, the input kernel of
 Xplique's BinaryEstimator kᵢ(x, x′) = 1.5 − (xᵢ − x′ᵢ)² and an RBF output kernel l(y, y′) = exp(−(y − y′)² / 2σ²)
-whose width σ is the median of the outputs (Xplique's choice). Xplique divides by N instead of (N − 1)²: a constant
-factor, the same map. N forwards per image (Xplique's default nb_design 500) instead of Sobol's N·(d + 2).
+whose width σ is the median of the outputs (Xplique's choice, interpolated as its percentile). Xplique divides by N
+instead of (N − 1)²: a constant factor, the same map. N forwards per image (Xplique's default nb_design 500)
+instead of Sobol's N·(d + 2).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def hsic_scores(masks: torch.Tensor, outputs: torch.Tensor, width: float | None 
     """
     y = outputs.double()
     n = y.shape[1]
-    if width is None:  # Xplique: the median of the outputs (squared below, so its sign does not matter)
-        width = y.median(-1).values.abs()
+    if width is None:  # Xplique: the median of the outputs, interpolated (tfp.stats.percentile(y, 50, "linear"):
+        # for an even N the mean of the two middle values, not torch.median's lower one); squared below
+        width = y.quantile(0.5, dim=-1).abs()
         width = torch.where(width > 0, width, y.std(-1).clamp_min(1e-12))  # a zero median would make L = I
     else:
         width = torch.full((y.shape[0],), float(width), dtype=y.dtype, device=y.device)
