@@ -1,7 +1,7 @@
 """featvis Sobol (Fel et al. 2021) and HSIC (Novello et al. 2022) attribution against slow float64 reimplementations.
 
-Xplique (the reference implementation) is TensorFlow, not installed here. The reference is written below straight
-from the papers' equations, one loop per cell and design, in float64:
+Xplique (the reference implementation, TensorFlow) is compared in its own venv by xplique_crosscheck.py. Here the
+reference is written straight from the papers' equations, one loop per cell and design, in float64:
 - Jansen's total-order estimator, Sᵀᵢ = (1 / 2N) Σⱼ (f(Aⱼ) − f(Cᵢⱼ))² / Var f(A) (Xplique's JansenEstimator);
 - HSICᵢ = tr(Kᵢ H L H) / (N − 1)² with explicit N × N Gram matrices (Xplique's BinaryEstimator kernels:
   kᵢ = 1.5 − (xᵢ − x′ᵢ)², RBF output kernel of width the median of the outputs, interpolated).
