@@ -34,11 +34,17 @@ def models(json: JsonOpt = False) -> None:
                [[r["name"], r["installed"], r["extra"], r["description"]] for r in rows], json, rows)
 
 
+def _per_mode(option, by_mode: dict | None) -> dict:
+    """{mode: default} for an option left None in the signature whose default the mode picks (`mode_defaults`,
+    {mode: {name: value}}), else {}."""
+    return {m: d[option.name] for m, d in (by_mode or {}).items() if option.default is None and option.name in d}
+
+
 def _options_text(options, by_mode: dict | None = None) -> str:
-    """`name=default, ...`; an option whose default depends on the attack's mode (`mode_defaults`, {mode: {name:
-    value}}) shows each, `steps=10 targeted/8 untargeted`."""
+    """`name=default, ...`; an option whose default depends on the attack's mode shows each, `steps=10 targeted/8
+    untargeted`."""
     def shown(o) -> str:
-        per_mode = {m: d[o.name] for m, d in (by_mode or {}).items() if o.default is None and o.name in d}
+        per_mode = _per_mode(o, by_mode)
         return "/".join(f"{v!r} {m}" for m, v in per_mode.items()) if per_mode else repr(o.default)
 
     return ", ".join(f"{o.name}={shown(o)}" for o in options.values()) or "-"
@@ -72,9 +78,9 @@ def attacks(json: JsonOpt = False) -> None:
     specs = [ATTACKS.get(n) for n in ATTACKS.names()]
 
     def option_record(s, o) -> dict:
-        per_mode = {m: d[o.name] for m, d in s.info.get("mode_defaults", {}).items() if o.name in d}
+        per_mode = _per_mode(o, s.info.get("mode_defaults"))
         return {"default": o.default, "kind": o.kind, "help": o.help,
-                **({"default_by_mode": per_mode} if per_mode and o.default is None else {})}
+                **({"default_by_mode": per_mode} if per_mode else {})}
 
     records = [{"name": s.name, "summary": s.summary, **{k: v for k, v in s.info.items()},
                 "options": {k: option_record(s, o) for k, o in s.options.items()}} for s in specs]
